@@ -1,0 +1,40 @@
+# clusterip — see README.md.
+GO      ?= go
+BIN     := bin/clusterctl
+PKGS    := ./...
+
+.PHONY: all build demo test unit e2e vet fmt fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/clusterctl
+
+# The main job: a throw-away cluster in network namespaces (needs root).
+demo: build
+	./$(BIN) demo
+
+# Unit tests, then the end-to-end tests in namespaces (those need root).
+test: vet
+	$(GO) test -count=1 -timeout 9m $(PKGS)
+
+unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+e2e:
+	$(GO) test -count=1 -timeout 9m -v ./test/
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+
+# A short run of every fuzz target.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin

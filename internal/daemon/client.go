@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Client talks to a running daemon over its control socket.
+type Client struct {
+	Socket string
+}
+
+func (c Client) call(req request) (response, error) {
+	conn, err := net.DialTimeout("unix", c.Socket, 2*time.Second)
+	if err != nil {
+		return response{}, fmt.Errorf("%w on %s (start it with: clusterctl daemon)", errNoDaemon, c.Socket)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return response{}, fmt.Errorf("send to daemon on %s: %w", c.Socket, err)
+	}
+	var resp response
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		return response{}, fmt.Errorf("read from daemon on %s: %w", c.Socket, err)
+	}
+	if resp.Error != "" {
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}
+
+// New creates a cluster.
+func (c Client) New(s Spec) error {
+	_, err := c.call(request{Op: opNew, Args: s.Args()})
+	return err
+}
+
+// Delete removes the cluster of a VIP.
+func (c Client) Delete(vip string) error {
+	_, err := c.call(request{Op: opDelete, VIP: vip})
+	return err
+}
+
+// Status lists the running clusters.
+func (c Client) Status() ([]ClusterStatus, error) {
+	resp, err := c.call(request{Op: opStatus})
+	return resp.Clusters, err
+}
+
+// Save returns the running clusters in the config file format.
+func (c Client) Save() (string, error) {
+	st, err := c.Status()
+	if err != nil {
+		return "", err
+	}
+	specs := make([]Spec, 0, len(st))
+	for _, s := range st {
+		spec, err := s.Spec()
+		if err != nil {
+			return "", fmt.Errorf("daemon sent a bad cluster: %w", err)
+		}
+		specs = append(specs, spec)
+	}
+	return FormatConfig(specs), nil
+}

@@ -1,0 +1,192 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/nodeset"
+	"github.com/spf13/pflag"
+)
+
+// Spec is one cluster as `clusterctl new` declares it, and as `save` writes
+// it back. The same flags are the CLI, the config file and the wire format,
+// so there is one grammar and one validator.
+type Spec struct {
+	VIP        netip.Addr
+	Interface  string
+	Mode       hash.Mode
+	ClusterMAC net.HardwareAddr
+	TotalNodes int
+	LocalNodes nodeset.NodeSet
+	HashInit   uint32
+}
+
+// DefaultClusterMAC is the cluster MAC used when --clustermac is left out:
+// the IPv4 multicast MAC prefix 01:00:5e followed by the low 23 bits of the
+// VIP. Every node derives the same one from the same VIP.
+func DefaultClusterMAC(vip netip.Addr) net.HardwareAddr {
+	b := vip.As4()
+	return net.HardwareAddr{0x01, 0x00, 0x5e, b[1] & 0x7f, b[2], b[3]}
+}
+
+// SpecFlags registers the flags of `new` on fs and returns a function that
+// builds and validates the Spec after fs has parsed.
+func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
+	vip := fs.String("vip", "", "the cluster's virtual IPv4 address (required)")
+	iface := fs.String("interface", "", "the interface the VIP's clients reach (required)")
+	mode := fs.String("hashmode", "", "sourceip, sourceip-sourceport or sourceip-sourceport-destport (required)")
+	mac := fs.String("clustermac", "", "multicast cluster MAC shared by all nodes (default 01:00:5e + low 23 bits of the VIP)")
+	total := fs.Int("total-nodes", 0, fmt.Sprintf("number of node numbers in the cluster, 1..%d (required)", nodeset.Max))
+	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
+	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
+	return func() (Spec, error) {
+		for _, name := range []string{"vip", "interface", "hashmode", "total-nodes"} {
+			if !fs.Changed(name) {
+				return Spec{}, fmt.Errorf("--%s is required", name)
+			}
+		}
+		var s Spec
+		var err error
+		if s.VIP, err = netip.ParseAddr(*vip); err != nil {
+			return Spec{}, fmt.Errorf("--vip %q: not an IPv4 address", *vip)
+		}
+		s.Interface = *iface
+		if s.Mode, err = hash.ParseMode(*mode); err != nil {
+			return Spec{}, fmt.Errorf("--hashmode: %w", err)
+		}
+		if fs.Changed("clustermac") {
+			if s.ClusterMAC, err = net.ParseMAC(*mac); err != nil {
+				return Spec{}, fmt.Errorf("--clustermac %q: not a MAC address", *mac)
+			}
+		} else if s.VIP.Is4() {
+			s.ClusterMAC = DefaultClusterMAC(s.VIP)
+		}
+		s.TotalNodes = *total
+		if s.TotalNodes < 1 || s.TotalNodes > nodeset.Max {
+			return Spec{}, fmt.Errorf("--total-nodes %d: out of range 1..%d", s.TotalNodes, nodeset.Max)
+		}
+		for _, n := range *local {
+			if n < 1 || n > s.TotalNodes {
+				return Spec{}, fmt.Errorf("--local-node %d: out of range 1..%d (--total-nodes)", n, s.TotalNodes)
+			}
+			s.LocalNodes = s.LocalNodes.Add(n)
+		}
+		s.HashInit = *seed
+		return s, s.Validate()
+	}
+}
+
+// Validate checks everything about a Spec that does not depend on the host.
+func (s Spec) Validate() error {
+	switch {
+	case !s.VIP.Is4():
+		return fmt.Errorf("--vip %s: not an IPv4 address", s.VIP)
+	case s.VIP.IsUnspecified() || s.VIP.IsLoopback() || s.VIP.IsMulticast() || s.VIP == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("--vip %s: not a unicast address", s.VIP)
+	case s.Interface == "" || len(s.Interface) > 15 || strings.ContainsAny(s.Interface, "/ \t\n"):
+		return fmt.Errorf("--interface %q: not an interface name", s.Interface)
+	case len(s.ClusterMAC) != 6:
+		return fmt.Errorf("--clustermac %s: not a 6-byte Ethernet address", s.ClusterMAC)
+	case s.ClusterMAC[0]&1 == 0:
+		return fmt.Errorf("--clustermac %s: unicast; the cluster MAC must be multicast (e.g. 01:00:5e:...)", s.ClusterMAC)
+	case s.ClusterMAC.String() == "ff:ff:ff:ff:ff:ff":
+		return fmt.Errorf("--clustermac %s: broadcast; the cluster MAC must be a multicast address", s.ClusterMAC)
+	case s.TotalNodes < 1 || s.TotalNodes > nodeset.Max:
+		return fmt.Errorf("--total-nodes %d: out of range 1..%d", s.TotalNodes, nodeset.Max)
+	}
+	for _, n := range s.LocalNodes.Nodes() {
+		if n > s.TotalNodes {
+			return fmt.Errorf("--local-node %d: out of range 1..%d (--total-nodes)", n, s.TotalNodes)
+		}
+	}
+	return s.HashConfig().Validate()
+}
+
+// HashConfig is the hashing part of the Spec.
+func (s Spec) HashConfig() hash.Config {
+	return hash.Config{Mode: s.Mode, TotalNodes: uint32(s.TotalNodes), Seed: s.HashInit}
+}
+
+// Args renders the Spec as the flags of `new`, the inverse of ParseSpec.
+func (s Spec) Args() []string {
+	args := []string{
+		"--vip", s.VIP.String(),
+		"--interface", s.Interface,
+		"--hashmode", s.Mode.String(),
+		"--clustermac", s.ClusterMAC.String(),
+		"--total-nodes", strconv.Itoa(s.TotalNodes),
+	}
+	for _, n := range s.LocalNodes.Nodes() {
+		args = append(args, "--local-node", strconv.Itoa(n))
+	}
+	return append(args, "--hash-init", strconv.FormatUint(uint64(s.HashInit), 10))
+}
+
+// ParseSpec parses the flags of `new`.
+func ParseSpec(args []string) (Spec, error) {
+	fs := pflag.NewFlagSet("new", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	build := SpecFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Spec{}, err
+	}
+	if fs.NArg() > 0 {
+		return Spec{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return build()
+}
+
+// configHeader starts every saved config.
+const configHeader = `# clusterip clusters: one "new" per line, with the flags of "clusterctl new".
+# Load with: clusterctl daemon --config FILE
+`
+
+// FormatConfig renders specs in the config file format.
+func FormatConfig(specs []Spec) string {
+	var b strings.Builder
+	b.WriteString(configHeader)
+	for _, s := range specs {
+		b.WriteString("new " + strings.Join(s.Args(), " ") + "\n")
+	}
+	return b.String()
+}
+
+// ParseConfig parses a config file: blank lines and lines starting with #
+// are ignored, every other line is "new" followed by the flags of `clusterctl
+// new`. Any bad line refuses the whole file, naming the line.
+func ParseConfig(name string, r io.Reader) ([]Spec, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var specs []Spec
+	seen := map[netip.Addr]int{}
+	for i, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		lineErr := func(err error) error { return fmt.Errorf("%s:%d: %w", name, i+1, err) }
+		if fields[0] != "new" {
+			return nil, lineErr(fmt.Errorf("expected \"new --vip ...\", got %q", fields[0]))
+		}
+		s, err := ParseSpec(fields[1:])
+		if err != nil {
+			return nil, lineErr(err)
+		}
+		if prev, dup := seen[s.VIP]; dup {
+			return nil, lineErr(fmt.Errorf("VIP %s already declared on line %d", s.VIP, prev))
+		}
+		seen[s.VIP] = i + 1
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+var errNoDaemon = errors.New("no daemon listening")

@@ -1,0 +1,205 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clusterip/clusterip/hash"
+)
+
+const demoPort = 80
+
+// demoHash is the demo's cluster: ports in the hash, so one client spreads
+// over all nodes.
+var demoHash = hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3}
+
+// Demo builds a lab of one client and three nodes, runs a daemon and a
+// server on each node, and shows which node serves each connection against
+// what the hash predicts; then stops a node, moves its number to a survivor
+// through the control file and shows the survivor serving that share.
+func Demo(ctx context.Context, w io.Writer, conns int) (err error) {
+	say := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	say("Building the lab: a bridge, a client (%s) and 3 nodes in network namespaces...", ClientAddr)
+	l, err := New(Options{Prefix: "cipdemo", Nodes: 3})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		say("Removing the lab...")
+		if cerr := l.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+
+	daemons := map[string]*Proc{}
+	for i, n := range l.Nodes {
+		if daemons[n.Name], err = l.StartDaemon(n); err != nil {
+			return err
+		}
+		args := []string{"new", "--vip", VIP.String(), "--interface", "eth0", "--hashmode", demoHash.Mode.String(),
+			"--total-nodes", strconv.Itoa(int(demoHash.TotalNodes)), "--local-node", strconv.Itoa(i + 1)}
+		say("  %s$ clusterctl %s", n.Name, strings.Join(args, " "))
+		if _, err := l.Clusterctl(n, args...); err != nil {
+			return err
+		}
+		if _, err := l.Start(n, "serve-"+n.Name, l.Exe, "lab-serve", "--name", n.Name,
+			"--tcp", fmt.Sprintf(":%d", demoPort), "--udp", ":7"); err != nil {
+			return err
+		}
+	}
+	if err := l.WaitServing(ctx); err != nil {
+		return err
+	}
+
+	say("\nRound 1: the client opens %d connections to http://%s/", conns, VIP)
+	if err := l.demoRound(ctx, w, conns); err != nil {
+		return err
+	}
+
+	say("\nStopping n3's daemon (SIGTERM): its TAP, VIP and multicast membership go with it.")
+	if err := daemons["n3"].Stop(syscall.SIGTERM, 10*time.Second); err != nil {
+		return err
+	}
+	ctl := l.ControlFile(l.Nodes[0])
+	say("n1 takes over node 3 through its control file:")
+	say("  n1$ echo +3 > %s", ctl)
+	if _, err := l.Run(l.Nodes[0], "sh", "-c", "echo +3 > "+ctl); err != nil {
+		return err
+	}
+	held, err := os.ReadFile(ctl)
+	if err != nil {
+		return err
+	}
+	say("  n1$ cat %s\n  %s", ctl, strings.TrimSpace(string(held)))
+
+	say("\nRound 2: %d more connections", conns)
+	return l.demoRound(ctx, w, conns)
+}
+
+// WaitServing waits until the cluster answers the client.
+func (l *Lab) WaitServing(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := l.ProbeFrom(ctx, l.Client, 1, time.Second)
+		if err == nil && res[0].Err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster at %s does not answer: %v", VIP, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ProbeFrom runs the lab probe in h and parses its report.
+func (l *Lab) ProbeFrom(ctx context.Context, h *Host, count int, timeout time.Duration) ([]ProbeResult, error) {
+	out, err := l.Run(h, l.Exe, "lab-probe", "--addr", fmt.Sprintf("%s:%d", VIP, demoPort),
+		"--count", strconv.Itoa(count), "--timeout", timeout.String())
+	if err != nil {
+		return nil, err
+	}
+	return ParseProbeReport(out)
+}
+
+func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
+	res, err := l.ProbeFrom(ctx, l.Client, conns, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	served := map[string]int{}
+	predicted := map[int]int{}
+	wrong, failed := 0, 0
+	for _, r := range res {
+		if r.Err != nil {
+			failed++
+			continue
+		}
+		node, err := demoHash.NodeForPorts(ClientAddr, uint16(r.LocalPort), demoPort)
+		if err != nil {
+			return err
+		}
+		predicted[node]++
+		served[r.Node]++
+		if r.Node != l.servingNode(node) {
+			wrong++
+		}
+	}
+	fmt.Fprintf(w, "  %-6s %-9s %s\n", "node", "served", "hash predicts (node numbers it holds)")
+	names := make([]string, 0, len(served))
+	for name := range served {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		want := 0
+		for node, c := range predicted {
+			if l.servingNode(node) == name {
+				want += c
+			}
+		}
+		fmt.Fprintf(w, "  %-6s %-9d %d\n", name, served[name], want)
+	}
+	fmt.Fprintf(w, "  %d connections, %d failed, %d served by a node the hash did not name\n", len(res), failed, wrong)
+	if failed > 0 || wrong > 0 {
+		return fmt.Errorf("demo: %d connections failed, %d went to the wrong node", failed, wrong)
+	}
+	return nil
+}
+
+// servingNode names the host that holds node number k, from the control
+// files: exactly what each daemon answers for right now.
+func (l *Lab) servingNode(k int) string {
+	for _, n := range l.Nodes {
+		b, err := os.ReadFile(l.ControlFile(n))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Split(strings.TrimSpace(string(b)), ",") {
+			if f == strconv.Itoa(k) {
+				return n.Name
+			}
+		}
+	}
+	return ""
+}
+
+// FormatProbeReport is the lab probe's output: "PORT NODE" or "PORT - ERROR".
+func FormatProbeReport(res []ProbeResult) string {
+	var b strings.Builder
+	for _, r := range res {
+		if r.Err != nil {
+			fmt.Fprintf(&b, "%d - %v\n", r.LocalPort, strings.ReplaceAll(r.Err.Error(), "\n", " "))
+			continue
+		}
+		fmt.Fprintf(&b, "%d %s\n", r.LocalPort, r.Node)
+	}
+	return b.String()
+}
+
+// ParseProbeReport reads FormatProbeReport's output back.
+func ParseProbeReport(s string) ([]ProbeResult, error) {
+	var res []ProbeResult
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.SplitN(line, " ", 3)
+		if len(f) < 2 {
+			return nil, fmt.Errorf("probe report: bad line %q", line)
+		}
+		port, err := strconv.Atoi(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("probe report: bad line %q", line)
+		}
+		r := ProbeResult{LocalPort: port, Node: f[1]}
+		if f[1] == "-" {
+			r.Node, r.Err = "", fmt.Errorf("%s", strings.Join(f[2:], " "))
+		}
+		res = append(res, r)
+	}
+	return res, nil
+}

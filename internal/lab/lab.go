@@ -1,0 +1,345 @@
+// Package lab builds throw-away clusters in network namespaces: a switch
+// (a bridge in its own namespace), a client, N nodes and optionally a router
+// with a remote client behind a narrower link. The demo and the end-to-end
+// tests use it; nothing it makes touches the host's own namespace, and Close
+// removes all of it.
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Addresses inside every lab. They exist only in the lab's namespaces.
+var (
+	VIP        = netip.MustParseAddr("192.0.2.100")
+	ClientAddr = netip.MustParseAddr("192.0.2.1")
+	RouterAddr = netip.MustParseAddr("192.0.2.254")
+	RemoteAddr = netip.MustParseAddr("198.51.100.2")
+)
+
+const (
+	lanPrefix    = 24
+	remoteNet    = "198.51.100.0/24"
+	routerRemote = "198.51.100.1"
+	// RemoteMTU is the MTU of the router's link to the remote client: below
+	// the LAN's 1500, so full-size segments to the remote client need
+	// path-MTU discovery.
+	RemoteMTU = 1280
+)
+
+// Host is one namespace of the lab.
+type Host struct {
+	Name string // short name: client, n1, n2, ...
+	NS   string // network namespace name
+	Addr netip.Addr
+}
+
+// Options shape a lab.
+type Options struct {
+	Prefix string // namespace name prefix; must be unique among running labs
+	Nodes  int
+	Router bool // add a router and a remote client behind a RemoteMTU link
+	Exe    string
+}
+
+// Lab is a running lab.
+type Lab struct {
+	Prefix string
+	Dir    string // scratch directory for sockets and control files
+	Exe    string // the clusterctl binary the lab runs
+	Switch string
+	Client *Host
+	Nodes  []*Host
+	Router *Host // nil without Options.Router
+	Remote *Host
+
+	mu    sync.Mutex
+	procs []*Proc
+	nss   []string
+}
+
+// Proc is a background process the lab started; Close stops it by PID.
+type Proc struct {
+	Cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Exited tells whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop signals the process and waits up to timeout for it to end.
+func (p *Proc) Stop(sig syscall.Signal, timeout time.Duration) error {
+	if err := p.Cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("pid %d still running %s after %s", p.Cmd.Process.Pid, sig, timeout)
+	}
+}
+
+// New builds a lab. On error everything already made is removed.
+func New(opts Options) (l *Lab, err error) {
+	if opts.Nodes < 1 || opts.Nodes > 200 {
+		return nil, fmt.Errorf("lab: %d nodes", opts.Nodes)
+	}
+	if opts.Exe == "" {
+		if opts.Exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	l = &Lab{Prefix: opts.Prefix, Exe: opts.Exe, Switch: opts.Prefix + "-sw"}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	if l.Dir, err = os.MkdirTemp("", opts.Prefix+"-"); err != nil {
+		return nil, err
+	}
+	if err = l.addNS(l.Switch); err != nil {
+		return nil, err
+	}
+	if err = ip("-n", l.Switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"); err != nil {
+		return nil, err
+	}
+	if err = ip("-n", l.Switch, "link", "set", "br0", "up"); err != nil {
+		return nil, err
+	}
+	if err = l.plainSwitch(); err != nil {
+		return nil, err
+	}
+	l.Client = &Host{Name: "client", Addr: ClientAddr}
+	if err = l.attach(l.Client, "p0"); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= opts.Nodes; i++ {
+		h := &Host{Name: fmt.Sprintf("n%d", i), Addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})}
+		if err = l.attach(h, fmt.Sprintf("p%d", i)); err != nil {
+			return nil, err
+		}
+		l.Nodes = append(l.Nodes, h)
+	}
+	if opts.Router {
+		if err = l.addRouter(); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) addNS(name string) error {
+	ip("netns", "del", name) // a lab killed before Close left it; the name is ours
+	if err := ip("netns", "add", name); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.nss = append(l.nss, name)
+	l.mu.Unlock()
+	return ip("-n", name, "link", "set", "lo", "up")
+}
+
+// plainSwitch stops br_netfilter, where the kernel has it, from passing the
+// switch's frames through iptables: it validates IPv4 headers and would drop
+// what a real switch forwards, hiding malformed frames from the nodes.
+func (l *Lab) plainSwitch() error {
+	sw := &Host{Name: "switch", NS: l.Switch}
+	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+		path := "/proc/sys/net/bridge/" + k
+		if _, err := os.Stat(path); err != nil {
+			continue // no br_netfilter: nothing to turn off
+		}
+		if _, err := l.Run(sw, "sh", "-c", "echo 0 > "+path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attach creates h's namespace and plugs its eth0 into the switch.
+func (l *Lab) attach(h *Host, port string) error {
+	h.NS = l.Prefix + "-" + h.Name
+	if err := l.addNS(h.NS); err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"-n", l.Switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
+		{"-n", l.Switch, "link", "set", port, "master", "br0", "up"},
+		{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr, lanPrefix), "dev", "eth0"},
+		{"-n", h.NS, "link", "set", "eth0", "up"},
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Lab) addRouter() error {
+	l.Router = &Host{Name: "router", Addr: RouterAddr}
+	if err := l.attach(l.Router, "pr"); err != nil {
+		return err
+	}
+	l.Remote = &Host{Name: "remote", Addr: RemoteAddr, NS: l.Prefix + "-remote"}
+	if err := l.addNS(l.Remote.NS); err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"-n", l.Router.NS, "link", "add", "eth1", "mtu", fmt.Sprint(RemoteMTU), "type", "veth", "peer", "name", "eth0", "netns", l.Remote.NS},
+		{"-n", l.Router.NS, "addr", "add", routerRemote + "/24", "dev", "eth1"},
+		{"-n", l.Router.NS, "link", "set", "eth1", "up"},
+		{"-n", l.Remote.NS, "addr", "add", RemoteAddr.String() + "/24", "dev", "eth0"},
+		{"-n", l.Remote.NS, "link", "set", "eth0", "up"},
+		{"-n", l.Remote.NS, "route", "add", "default", "via", routerRemote},
+	}
+	for _, n := range l.Nodes {
+		steps = append(steps, []string{"-n", n.NS, "route", "add", remoteNet, "via", RouterAddr.String()})
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return err
+		}
+	}
+	_, err := l.Run(l.Router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	return err
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Command returns a command that runs in h's network namespace only. It
+// keeps the host's mount namespace (unlike `ip netns exec`), so a daemon's
+// control files are visible to everyone.
+func (l *Lab) Command(h *Host, name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.NS, "--", name}, args...)...)
+}
+
+// Run runs a command in h's namespace and returns its combined output.
+func (l *Lab) Run(h *Host, name string, args ...string) (string, error) {
+	out, err := l.Command(h, name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s in %s: %v: %s", name, strings.Join(args, " "), h.Name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Clusterctl runs the lab's clusterctl against h's daemon.
+func (l *Lab) Clusterctl(h *Host, args ...string) (string, error) {
+	return l.Run(h, l.Exe, append([]string{"--socket", l.Socket(h)}, args...)...)
+}
+
+// Start starts a background process in h's namespace; Close stops it.
+func (l *Lab) Start(h *Host, logName string, name string, args ...string) (*Proc, error) {
+	cmd := l.Command(h, name, args...)
+	logf, err := os.Create(filepath.Join(l.Dir, logName+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s in %s: %w", name, h.Name, err)
+	}
+	logf.Close()
+	p := &Proc{Cmd: cmd, done: make(chan struct{})}
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	go func() { cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// Log returns what a process started with logName wrote so far.
+func (l *Lab) Log(logName string) string {
+	b, _ := os.ReadFile(filepath.Join(l.Dir, logName+".log"))
+	return string(b)
+}
+
+// Socket is h's daemon control socket.
+func (l *Lab) Socket(h *Host) string { return filepath.Join(l.Dir, h.Name+".sock") }
+
+// ControlDir is where h's daemon mounts its control files.
+func (l *Lab) ControlDir(h *Host) string { return filepath.Join(l.Dir, h.Name+"-ctl") }
+
+// ControlFile is h's control file for the lab's VIP.
+func (l *Lab) ControlFile(h *Host) string { return filepath.Join(l.ControlDir(h), VIP.String()) }
+
+// StartDaemon starts clusterctl daemon in h and waits until it answers.
+func (l *Lab) StartDaemon(h *Host, extra ...string) (*Proc, error) {
+	args := append([]string{"daemon", "--socket", l.Socket(h), "--control-dir", l.ControlDir(h)}, extra...)
+	p, err := l.Start(h, "daemon-"+h.Name, l.Exe, args...)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("unix", l.Socket(h)); err == nil {
+			c.Close()
+			return p, nil
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			return nil, fmt.Errorf("daemon in %s did not come up: %s", h.Name, l.Log("daemon-"+h.Name))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Close stops every process the lab started (by PID), unmounts control
+// directories a killed daemon left, and deletes the namespaces.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	procs, nss := l.procs, l.nss
+	l.procs, l.nss = nil, nil
+	l.mu.Unlock()
+	var errs []error
+	for _, p := range procs {
+		if p.Stop(syscall.SIGTERM, 5*time.Second) != nil {
+			errs = append(errs, p.Stop(syscall.SIGKILL, 5*time.Second))
+		}
+	}
+	if l.Dir != "" {
+		entries, _ := os.ReadDir(l.Dir)
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), "-ctl") {
+				unix.Unmount(filepath.Join(l.Dir, e.Name()), unix.MNT_DETACH)
+			}
+		}
+	}
+	for i := len(nss) - 1; i >= 0; i-- {
+		if err := ip("netns", "del", nss[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if l.Dir != "" {
+		errs = append(errs, os.RemoveAll(l.Dir))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,116 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Serve runs the lab's test service until ctx ends: HTTP on tcpAddr
+// answering "NAME\n" (and /bytes?n=N with N bytes, for bulk transfers) and
+// UDP on udpAddr answering each datagram with "NAME LEN".
+func Serve(ctx context.Context, name, tcpAddr, udpAddr string) error {
+	ln, err := net.Listen("tcp4", tcpAddr)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp4", udpAddr)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Node", name)
+		fmt.Fprintln(w, name)
+	})
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n < 0 || n > 1<<30 {
+			http.Error(w, "n: want 0..1G", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Node", name)
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		chunk := []byte(strings.Repeat("x", 64<<10))
+		for n > 0 {
+			k := min(n, len(chunk))
+			if _, err := w.Write(chunk[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(fmt.Sprintf("%s %d", name, n)), from)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		pc.Close()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// ProbeResult is one connection the probe made.
+type ProbeResult struct {
+	LocalPort int
+	Node      string // who answered; empty on failure
+	Err       error
+}
+
+// Probe opens count connections to addr (host:port), one HTTP request each,
+// and reports which node answered each one from which local port.
+func Probe(ctx context.Context, addr string, count int, timeout time.Duration) []ProbeResult {
+	out := make([]ProbeResult, 0, count)
+	d := net.Dialer{Timeout: timeout}
+	for i := 0; i < count && ctx.Err() == nil; i++ {
+		out = append(out, probeOne(ctx, &d, addr, timeout))
+	}
+	return out
+}
+
+func probeOne(ctx context.Context, d *net.Dialer, addr string, timeout time.Duration) ProbeResult {
+	conn, err := d.DialContext(ctx, "tcp4", addr)
+	if err != nil {
+		return ProbeResult{Err: err}
+	}
+	defer conn.Close()
+	r := ProbeResult{LocalPort: conn.LocalAddr().(*net.TCPAddr).Port}
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(conn, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
+		r.Err = err
+		return r
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	r.Node = strings.TrimSpace(string(body))
+	return r
+}

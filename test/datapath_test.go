@@ -1,0 +1,152 @@
+package test
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterip/clusterip/internal/lab"
+)
+
+var modes = []string{"sourceip", "sourceip-sourceport", "sourceip-sourceport-destport"}
+
+// Each TCP connection is served by exactly the node `clusterctl hash`
+// names, in every hash mode, with curl as the client.
+func TestTCPConnectionServedByHashedNode(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, 3, mode, false)
+			seen := map[string]int{}
+			for port := 40100; port < 40124; port++ {
+				want := fmt.Sprintf("n%d", predict(t, mode, 3, lab.ClientAddr.String(), port, 80))
+				out, err := c.Run(c.Client, "curl", "-sS", "--max-time", "5", "--local-port", strconv.Itoa(port), "http://"+lab.VIP.String()+"/")
+				if err != nil {
+					t.Fatalf("port %d: %v", port, err)
+				}
+				if got := strings.TrimSpace(out); got != want {
+					t.Errorf("connection from port %d served by %q, hash names %s", port, got, want)
+				}
+				seen[strings.TrimSpace(out)]++
+			}
+			if mode != "sourceip" && len(seen) != 3 {
+				t.Errorf("24 connections reached only %v; a port mode should spread them over all 3 nodes", seen)
+			}
+		})
+	}
+}
+
+var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// One reply per ping, also when the request and reply are fragmented.
+func TestPingOneReplyEach(t *testing.T) {
+	c := newCluster(t, 3, "sourceip-sourceport", false)
+	for _, size := range []string{"56", "4000"} {
+		out, err := c.Run(c.Client, "ping", "-c", "4", "-i", "0.2", "-W", "2", "-s", size, lab.VIP.String())
+		if err != nil {
+			t.Fatalf("ping -s %s: %v", size, err)
+		}
+		m := pingSummary.FindStringSubmatch(out)
+		if m == nil || m[1] != "4" || m[2] != "4" {
+			t.Errorf("ping -s %s: want 4 sent and 4 received:\n%s", size, out)
+		}
+		if strings.Contains(out, "DUP!") {
+			t.Errorf("ping -s %s: duplicate replies: more than one node answered:\n%s", size, out)
+		}
+	}
+}
+
+// One reply per UDP datagram, from the node the hash names, for small
+// datagrams and for ones fragmented on the wire (only the first fragment
+// carries the ports the hash needs).
+func TestUDPOneReplyPerDatagram(t *testing.T) {
+	const mode = "sourceip-sourceport-destport"
+	c := newCluster(t, 3, mode, false)
+	for _, size := range []int{64, 4000} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			base := 41000 + size%1000
+			socks := make([]*net.UDPConn, 20)
+			err := inNetns(c.Client.NS, func() error {
+				for i := range socks {
+					s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: lab.ClientAddr.AsSlice(), Port: base + i})
+					if err != nil {
+						return err
+					}
+					socks[i] = s
+				}
+				return nil
+			})
+			t.Cleanup(func() {
+				for _, s := range socks {
+					if s != nil {
+						s.Close()
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vip := &net.UDPAddr{IP: lab.VIP.AsSlice(), Port: 7}
+			payload := make([]byte, size)
+			for _, s := range socks {
+				if _, err := s.WriteTo(payload, vip); err != nil {
+					t.Fatal(err)
+				}
+			}
+			buf := make([]byte, 2048)
+			for i, s := range socks {
+				port := base + i
+				want := fmt.Sprintf("n%d %d", predict(t, mode, 3, lab.ClientAddr.String(), port, 7), size)
+				var got []string
+				s.SetReadDeadline(time.Now().Add(time.Second))
+				for {
+					n, _, err := s.ReadFrom(buf)
+					if err != nil {
+						break
+					}
+					got = append(got, string(buf[:n]))
+					// After the first reply, wait a little longer for a duplicate.
+					s.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				}
+				if len(got) != 1 || got[0] != want {
+					t.Errorf("datagram from port %d: replies %q, want exactly [%q]", port, got, want)
+				}
+			}
+		})
+	}
+}
+
+// ICMP "fragmentation needed" from a router reaches the node that owns the
+// quoted connection, so path-MTU discovery works for every node's clients,
+// not only for the node the router's own address hashes to. The remote
+// client sits behind a 1280-byte link while the cluster's LAN is 1500.
+func TestPathMTUDiscoveryThroughRouter(t *testing.T) {
+	const mode = "sourceip-sourceport"
+	c := newCluster(t, 3, mode, true)
+	perNode := map[int]int{}
+	for port := 42000; port < 42100 && len(perNode) < 3 || perNode[1] < 2 || perNode[2] < 2 || perNode[3] < 2; port++ {
+		node := predict(t, mode, 3, lab.RemoteAddr.String(), port, 80)
+		if perNode[node] >= 2 {
+			continue
+		}
+		perNode[node]++
+		out, err := c.Run(c.Remote, "curl", "-sS", "--max-time", "10", "--local-port", strconv.Itoa(port),
+			"-o", "/dev/null", "-w", "%{size_download}", "http://"+lab.VIP.String()+"/bytes?n=1000000")
+		if err != nil {
+			t.Fatalf("download from port %d (node %d) stalled: path-MTU discovery broken: %v", port, node, err)
+		}
+		if strings.TrimSpace(out) != "1000000" {
+			t.Fatalf("download from port %d got %s bytes", port, out)
+		}
+		route, err := c.Run(c.Nodes[node-1], "ip", "route", "get", lab.RemoteAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(route, fmt.Sprintf("mtu %d", lab.RemoteMTU)) {
+			t.Errorf("owner n%d did not learn the path MTU %d: %s", node, lab.RemoteMTU, route)
+		}
+	}
+}

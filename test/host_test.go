@@ -1,0 +1,176 @@
+package test
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterip/clusterip/internal/datapath"
+	"github.com/clusterip/clusterip/internal/lab"
+)
+
+// hostState is what the daemon may change on a node, as seen from inside it.
+type hostState struct {
+	sysctls map[string]string
+	links   string // names of links
+	maddrs  string // link-layer multicast memberships of eth0
+	mounted bool   // control directory mounted
+}
+
+var watchedSysctls = []string{
+	"net/ipv4/conf/eth0/drop_unicast_in_l2_multicast",
+	"net/ipv4/conf/eth0/arp_ignore",
+	"net/ipv4/conf/eth0/arp_announce",
+	"net/ipv4/conf/all/rp_filter",
+}
+
+func readHost(t *testing.T, l *lab.Lab, h *lab.Host) hostState {
+	t.Helper()
+	s := hostState{sysctls: map[string]string{}}
+	for _, k := range watchedSysctls {
+		out, err := l.Run(h, "cat", "/proc/sys/"+k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.sysctls[k] = strings.TrimSpace(out)
+	}
+	var err error
+	if s.links, err = l.Run(h, "ip", "-o", "-br", "link"); err != nil {
+		t.Fatal(err)
+	}
+	if s.maddrs, err = l.Run(h, "ip", "maddr", "show", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mounted = strings.Contains(string(mounts), " "+l.ControlDir(h)+" ")
+	return s
+}
+
+func (s hostState) equal(o hostState) bool {
+	for k, v := range s.sysctls {
+		if o.sysctls[k] != v {
+			return false
+		}
+	}
+	return s.links == o.links && s.maddrs == o.maddrs && s.mounted == o.mounted
+}
+
+// A daemon stopped with SIGTERM, or a cluster deleted, leaves the node as it
+// found it; a daemon killed with SIGKILL is cleaned up by the next start.
+func TestStopLeavesHostAsFound(t *testing.T) {
+	l := newLab(t, 1, false)
+	h := l.Nodes[0]
+	// A non-default starting point, to see that values are restored, not reset.
+	if _, err := l.Run(h, "sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=1"); err != nil {
+		t.Fatal(err)
+	}
+	before := readHost(t, l, h)
+	newArgs := []string{"new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
+		"--total-nodes", "2", "--local-node", "1"}
+
+	checkRunning := func() {
+		t.Helper()
+		s := readHost(t, l, h)
+		if s.sysctls[watchedSysctls[0]] != "1" || s.sysctls[watchedSysctls[1]] != "1" || s.sysctls[watchedSysctls[2]] != "2" {
+			t.Errorf("running cluster: eth0 settings %v", s.sysctls)
+		}
+		if !strings.Contains(s.links, datapath.TapName(lab.VIP)) {
+			t.Errorf("running cluster: no TAP %s in\n%s", datapath.TapName(lab.VIP), s.links)
+		}
+		if !strings.Contains(s.maddrs, "01:00:5e:00:02:64") {
+			t.Errorf("running cluster: eth0 not subscribed to the cluster MAC:\n%s", s.maddrs)
+		}
+		if !s.mounted {
+			t.Errorf("running cluster: control directory not mounted")
+		}
+	}
+	checkRestored := func(when string) {
+		t.Helper()
+		eventually(t, 5*time.Second, when+": host restored", func() (bool, string) {
+			after := readHost(t, l, h)
+			return after.equal(before), "before " + strings.Join([]string{before.links, before.maddrs}, "") +
+				" after " + strings.Join([]string{after.links, after.maddrs}, "")
+		})
+	}
+
+	t.Run("delete", func(t *testing.T) {
+		p, err := l.StartDaemon(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Clusterctl(h, newArgs...); err != nil {
+			t.Fatal(err)
+		}
+		checkRunning()
+		if _, err := l.Clusterctl(h, "delete", lab.VIP.String()); err != nil {
+			t.Fatal(err)
+		}
+		after := readHost(t, l, h)
+		if after.sysctls[watchedSysctls[2]] != "1" || strings.Contains(after.links, datapath.TapName(lab.VIP)) {
+			t.Errorf("after delete: %v\n%s", after.sysctls, after.links)
+		}
+		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		checkRestored("after delete and SIGTERM")
+	})
+
+	t.Run("SIGTERM", func(t *testing.T) {
+		p, err := l.StartDaemon(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Clusterctl(h, newArgs...); err != nil {
+			t.Fatal(err)
+		}
+		checkRunning()
+		start := time.Now()
+		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("daemon exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+		checkRestored("after SIGTERM")
+	})
+
+	t.Run("SIGKILL then restart", func(t *testing.T) {
+		p, err := l.StartDaemon(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Clusterctl(h, newArgs...); err != nil {
+			t.Fatal(err)
+		}
+		checkRunning()
+		if err := p.Stop(syscall.SIGKILL, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// The kernel takes the TAP and the membership with the process; the
+		// sysctls and the mount are left for the next start.
+		if s := readHost(t, l, h); s.sysctls[watchedSysctls[2]] != "2" {
+			t.Logf("note: settings already back after SIGKILL: %v", s.sysctls)
+		}
+		p, err = l.StartDaemon(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := readHost(t, l, h)
+		for k, v := range before.sysctls {
+			if s.sysctls[k] != v {
+				t.Errorf("restarted daemon left %s=%s, found %s before", k, s.sysctls[k], v)
+			}
+		}
+		if _, err := l.Clusterctl(h, newArgs...); err != nil {
+			t.Fatalf("new after crash recovery: %v", err)
+		}
+		checkRunning()
+		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		checkRestored("after crash, restart and SIGTERM")
+	})
+}

@@ -1,0 +1,176 @@
+// Package test holds the end-to-end tests: real daemons, real TAPs, real
+// FUSE control files and real clients (curl, ping, UDP sockets) in a lab of
+// network namespaces. They need root; without it they skip.
+package test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterip/clusterip/internal/lab"
+	"github.com/vishvananda/netns"
+)
+
+var clusterctl string // the binary under test
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("end-to-end tests need root (network namespaces, TAP, FUSE); skipping")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "clusterctl-e2e-")
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	clusterctl = filepath.Join(dir, "clusterctl")
+	build := exec.Command("go", "build", "-o", clusterctl, "../cmd/clusterctl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("build clusterctl:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// newLab builds a lab of n nodes that is removed when the test ends.
+func newLab(t *testing.T, n int, router bool) *lab.Lab {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	l, err := lab.New(lab.Options{Prefix: "cipt" + hex.EncodeToString(b), Nodes: n, Router: router, Exe: clusterctl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range l.Nodes {
+				t.Logf("daemon log of %s:\n%s", h.Name, l.Log("daemon-"+h.Name))
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("lab cleanup: %v", err)
+		}
+	})
+	return l
+}
+
+// cluster is a lab whose every node runs a daemon with the lab VIP and a
+// server; node k holds node number k.
+type cluster struct {
+	*lab.Lab
+	t       *testing.T
+	mode    string
+	daemons map[string]*lab.Proc
+}
+
+func newCluster(t *testing.T, nodes int, mode string, router bool) *cluster {
+	t.Helper()
+	c := &cluster{Lab: newLab(t, nodes, router), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
+	for i, h := range c.Nodes {
+		p, err := c.StartDaemon(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.daemons[h.Name] = p
+		c.ctl(h, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", mode,
+			"--total-nodes", strconv.Itoa(nodes), "--local-node", strconv.Itoa(i+1))
+		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name, "--tcp", ":80", "--udp", ":7"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitServing(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// ctl runs clusterctl against h's daemon and fails the test on error.
+func (c *cluster) ctl(h *lab.Host, args ...string) string {
+	c.t.Helper()
+	out, err := c.Clusterctl(h, args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// predict asks `clusterctl hash` which node owns a packet from src.
+func predict(t *testing.T, mode string, total int, src string, ports ...int) int {
+	t.Helper()
+	args := append([]string{"hash", "--hashmode"}, strings.Fields(mode)...) // mode may carry --hash-init
+	args = append(args, "--total-nodes", strconv.Itoa(total), src)
+	for _, p := range ports {
+		args = append(args, strconv.Itoa(p))
+	}
+	out, err := exec.Command(clusterctl, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("clusterctl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("clusterctl hash printed %q", out)
+	}
+	return n
+}
+
+// inNetns runs fn on a thread inside the named network namespace. Sockets
+// fn creates stay in that namespace after it returns.
+func inNetns(name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime discards it when this
+		// goroutine ends, rather than reuse a thread in the wrong namespace.
+		return err
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s: %s", what, timeout, detail)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
