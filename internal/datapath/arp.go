@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+
+	"github.com/mdlayher/ethernet"
 )
 
 const (
@@ -39,12 +41,8 @@ func arpRequestForVIP(frame []byte, vip [4]byte) (sha net.HardwareAddr, spa [4]b
 // the NIC's own unicast MAC: bridges and switches drop frames with a multicast
 // source. Only the ARP sender hardware address carries the cluster MAC, which
 // is what makes clients send to it.
-func arpFrame(ethDst, ethSrc net.HardwareAddr, op uint16, sha net.HardwareAddr, spa [4]byte, tha net.HardwareAddr, tpa [4]byte) []byte {
-	b := make([]byte, ethHdrLen+arpLen)
-	copy(b[0:6], ethDst)
-	copy(b[6:12], ethSrc)
-	binary.BigEndian.PutUint16(b[12:14], etherTypeARP)
-	a := b[ethHdrLen:]
+func arpFrame(ethDst, ethSrc net.HardwareAddr, op uint16, sha net.HardwareAddr, spa [4]byte, tha net.HardwareAddr, tpa [4]byte) ([]byte, error) {
+	a := make([]byte, arpLen)
 	binary.BigEndian.PutUint16(a[0:2], 1)
 	binary.BigEndian.PutUint16(a[2:4], etherTypeIPv4)
 	a[4], a[5] = 6, 4
@@ -53,5 +51,6 @@ func arpFrame(ethDst, ethSrc net.HardwareAddr, op uint16, sha net.HardwareAddr, 
 	copy(a[14:18], spa[:])
 	copy(a[18:24], tha)
 	copy(a[24:28], tpa[:])
-	return b
+	f := ethernet.Frame{Destination: ethDst, Source: ethSrc, EtherType: ethernet.EtherTypeARP, Payload: a}
+	return f.MarshalBinary()
 }

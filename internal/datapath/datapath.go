@@ -121,8 +121,11 @@ func (d *Datapath) Stats() Stats {
 // Announce sends a gratuitous ARP so that neighbours that cached another MAC
 // for the VIP move to the cluster MAC.
 func (d *Datapath) Announce() error {
-	f := arpFrame(broadcastMAC, d.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
-	if err := d.sock.send(f, broadcastMAC); err != nil {
+	f, err := arpFrame(broadcastMAC, d.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
+	if err == nil {
+		err = d.sock.send(f, broadcastMAC)
+	}
+	if err != nil {
 		return fmt.Errorf("announce %s: %w", d.cfg.VIP, err)
 	}
 	return nil

@@ -115,8 +115,11 @@ func (d *Datapath) handleARP(frame []byte) {
 	if !ok {
 		return
 	}
-	reply := arpFrame(sha, d.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
-	if err := d.sock.send(reply, sha); err != nil {
+	reply, err := arpFrame(sha, d.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
+	if err == nil {
+		err = d.sock.send(reply, sha)
+	}
+	if err != nil {
 		d.log.Warn("ARP reply", "to", sha.String(), "err", err)
 		return
 	}
