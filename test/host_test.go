@@ -1,7 +1,9 @@
 package test
 
 import (
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -173,4 +175,48 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		}
 		checkRestored("after crash, restart and SIGTERM")
 	})
+}
+
+// Under systemd (Type=notify) the daemon reports READY=1 once its clusters
+// exist, and STOPPING=1 when it begins to stop.
+func TestSystemdNotify(t *testing.T) {
+	l := newLab(t, 1, false)
+	h := l.Nodes[0]
+	sock := filepath.Join(l.Dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conf := filepath.Join(l.Dir, "clusters.conf")
+	if err := os.WriteFile(conf, []byte("new --vip 192.0.2.100 --interface eth0 --hashmode sourceip --total-nodes 1 --local-node 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.DaemonEnv = []string{"NOTIFY_SOCKET=" + sock}
+	p, err := l.StartDaemon(h, "--config", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 256)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := read(); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
+	if out, err := l.Clusterctl(h, "status"); err != nil || !strings.Contains(out, "192.0.2.100") {
+		t.Fatalf("READY=1 before the config's cluster existed: %v %s", err, out)
+	}
+	if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "STOPPING=1" {
+		t.Fatalf("notification on stop %q, want STOPPING=1", got)
+	}
 }

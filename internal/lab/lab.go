@@ -64,6 +64,8 @@ type Lab struct {
 	Nodes  []*Host
 	Router *Host // nil without Options.Router
 	Remote *Host
+	// DaemonEnv is added to the environment of daemons started from now on.
+	DaemonEnv []string
 
 	mu    sync.Mutex
 	procs []*Proc
@@ -257,7 +259,12 @@ func (l *Lab) Clusterctl(h *Host, args ...string) (string, error) {
 
 // Start starts a background process in h's namespace; Close stops it.
 func (l *Lab) Start(h *Host, logName string, name string, args ...string) (*Proc, error) {
+	return l.start(h, logName, nil, name, args...)
+}
+
+func (l *Lab) start(h *Host, logName string, env []string, name string, args ...string) (*Proc, error) {
 	cmd := l.Command(h, name, args...)
+	cmd.Env = append(os.Environ(), env...)
 	logf, err := os.Create(filepath.Join(l.Dir, logName+".log"))
 	if err != nil {
 		return nil, err
@@ -295,7 +302,7 @@ func (l *Lab) ControlFile(h *Host) string { return filepath.Join(l.ControlDir(h)
 // StartDaemon starts clusterctl daemon in h and waits until it answers.
 func (l *Lab) StartDaemon(h *Host, extra ...string) (*Proc, error) {
 	args := append([]string{"daemon", "--socket", l.Socket(h), "--control-dir", l.ControlDir(h)}, extra...)
-	p, err := l.Start(h, "daemon-"+h.Name, l.Exe, args...)
+	p, err := l.start(h, "daemon-"+h.Name, l.DaemonEnv, l.Exe, args...)
 	if err != nil {
 		return nil, err
 	}
