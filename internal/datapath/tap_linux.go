@@ -88,4 +88,3 @@ func (t *tapDevice) write(b []byte) error {
 }
 
 func (t *tapDevice) close() error { return unix.Close(t.fd) }
-
