@@ -10,10 +10,11 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
-	"text/tabwriter"
+	"time"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/internal/lab"
 	"github.com/spf13/cobra"
 )
@@ -38,7 +39,10 @@ func rootCommand() *cobra.Command {
 		deleteCommand(client),
 		statusCommand(client),
 		saveCommand(client),
+		drainCommand(client),
+		resumeCommand(client),
 		hashCommand(),
+		genkeyCommand(),
 		demoCommand(),
 	)
 	root.AddCommand(labCommands()...)
@@ -46,21 +50,100 @@ func rootCommand() *cobra.Command {
 }
 
 func daemonCommand(socket *string) *cobra.Command {
-	var controlDir, config string
+	var controlDir, config, bind string
+	var m daemon.MembershipOptions
+	var debug bool
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground (systemd runs it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts := daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config}
+			if cmd.Flags().Changed("peers") {
+				if bind != "" {
+					b, err := netip.ParseAddr(bind)
+					if err != nil || !b.Is4() {
+						return fmt.Errorf("--bind %q: not an IPv4 address", bind)
+					}
+					m.Bind = b
+				}
+				opts.Membership = &m
+			} else {
+				for _, f := range []string{"bind", "gossip-port", "gossip-key", "gossip-insecure", "node-name", "alone-after"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--%s needs --peers", f)
+					}
+				}
+			}
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			return daemon.Run(ctx, daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config, Log: log})
+			return daemon.Run(ctx, opts)
 		},
 	}
-	cmd.Flags().StringVar(&controlDir, "control-dir", daemon.DefaultControlDir, "directory of the control files (one per VIP)")
-	cmd.Flags().StringVar(&config, "config", "", "create the clusters this file declares at start (see clusterctl save)")
+	f := cmd.Flags()
+	f.StringVar(&controlDir, "control-dir", daemon.DefaultControlDir, "directory of the control files (one per VIP)")
+	f.StringVar(&config, "config", "", "create the clusters this file declares at start (see clusterctl save)")
+	f.StringSliceVar(&m.Peers, "peers", nil, "turn on heartbeats and automatic failover, joining these nodes (ADDR[:PORT],...; may include this node)")
+	f.StringVar(&bind, "bind", "", "address to gossip on (default: this host's address towards the first peer)")
+	f.IntVar(&m.Port, "gossip-port", 7946, "gossip port, TCP and UDP")
+	f.StringVar(&m.KeyFile, "gossip-key", "", "file holding the shared gossip key (clusterctl genkey > FILE)")
+	f.BoolVar(&m.Insecure, "gossip-insecure", false, "gossip without encryption or authentication")
+	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership (default: the host name)")
+	f.DurationVar(&m.AloneAfter, "alone-after", 0, "serve every number alone if no peer was met within this time (0: never; a node that met no peer serves nothing)")
+	f.BoolVar(&debug, "debug", false, "log at debug level (includes memberlist's probes)")
 	return cmd
+}
+
+func drainCommand(client func() daemon.Client) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "drain VIP",
+		Short: "Hand this node's numbers to the others, keeping its open connections until they end",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if _, err := netip.ParseAddr(args[0]); err != nil {
+				return fmt.Errorf("VIP %q: not an IPv4 address", args[0])
+			}
+			return client().Drain(args[0], timeout)
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "drop connections still open after this long (0: wait until they end)")
+	return cmd
+}
+
+func resumeCommand(client func() daemon.Client) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume VIP",
+		Short: "Take a drained node's numbers back",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if _, err := netip.ParseAddr(args[0]); err != nil {
+				return fmt.Errorf("VIP %q: not an IPv4 address", args[0])
+			}
+			return client().Resume(args[0])
+		},
+	}
+}
+
+func genkeyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "genkey",
+		Short: "Print a new gossip key (clusterctl genkey > /etc/clusterip/gossip.key)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := membership.GenerateKey()
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), k)
+			return err
+		},
+	}
 }
 
 func newCommand(client func() daemon.Client) *cobra.Command {
@@ -111,21 +194,7 @@ func statusCommand(client func() daemon.Client) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tCLUSTERMAC\tTOTAL\tNODES\tOWNED\tNOT-OWNED\tMALFORMED\tTAP")
-			for _, c := range st {
-				s, err := c.Spec()
-				if err != nil {
-					return fmt.Errorf("daemon sent a bad cluster: %w", err)
-				}
-				nodes := s.LocalNodes.String()
-				if nodes == "" {
-					nodes = "-"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.VIP, s.Interface, s.Mode, s.ClusterMAC,
-					s.TotalNodes, nodes, c.Stats.Owned, c.Stats.NotOwned, c.Stats.Malformed, c.Tap)
-			}
-			return w.Flush()
+			return printStatus(out, st)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -14,7 +14,7 @@ import (
 // labCommands are the hidden helpers the demo and the end-to-end tests run
 // inside the lab's namespaces: a server and a probing client.
 func labCommands() []*cobra.Command {
-	var name, tcpAddr, udpAddr string
+	var name, tcpAddr, udpAddr, healthFile string
 	serve := &cobra.Command{
 		Use:    "lab-serve",
 		Hidden: true,
@@ -22,12 +22,13 @@ func labCommands() []*cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return lab.Serve(ctx, name, tcpAddr, udpAddr)
+			return lab.Serve(ctx, name, tcpAddr, udpAddr, healthFile)
 		},
 	}
 	serve.Flags().StringVar(&name, "name", "", "name to answer with")
 	serve.Flags().StringVar(&tcpAddr, "tcp", ":80", "HTTP listen address")
-	serve.Flags().StringVar(&udpAddr, "udp", ":7", "UDP listen address")
+	serve.Flags().StringVar(&udpAddr, "udp", ":7", "echo listen address, UDP and TCP")
+	serve.Flags().StringVar(&healthFile, "health-file", "", "/health fails while this file exists")
 
 	var addr string
 	var count int

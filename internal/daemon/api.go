@@ -1,16 +1,20 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/clusterip/clusterip/internal/datapath"
+	"github.com/clusterip/clusterip/nodeset"
 )
 
 // The control socket speaks one JSON request and one JSON response per
 // connection. Clusters travel as the flags of `new` (Spec.Args), so the
 // daemon validates exactly what a config file would.
 type request struct {
-	Op   string   `json:"op"`
-	Args []string `json:"args,omitempty"`
-	VIP  string   `json:"vip,omitempty"`
+	Op      string        `json:"op"`
+	Args    []string      `json:"args,omitempty"`
+	VIP     string        `json:"vip,omitempty"`
+	Timeout time.Duration `json:"timeout,omitempty"`
 }
 
 type response struct {
@@ -20,9 +24,16 @@ type response struct {
 
 // ClusterStatus is one cluster as `clusterctl status` shows it.
 type ClusterStatus struct {
-	Args  []string       `json:"args"` // the cluster as `new` flags, with the nodes held now
-	Tap   string         `json:"tap"`
-	Stats datapath.Stats `json:"stats"`
+	// Args is the cluster as `new` flags, as `save` writes it: with the
+	// numbers held now, or with automatic failover the home numbers.
+	Args     []string           `json:"args"`
+	Serving  nodeset.NodeSet    `json:"serving"` // numbers answered now
+	Tap      string             `json:"tap"`
+	Stats    datapath.Stats     `json:"stats"`
+	Flows    datapath.FlowStats `json:"flows"`
+	Draining bool               `json:"draining,omitempty"`
+	Health   string             `json:"health,omitempty"` // last health-check change
+	Members  []MemberStatus     `json:"members,omitempty"`
 }
 
 // Spec parses the status's cluster definition.
@@ -32,4 +43,6 @@ const (
 	opNew    = "new"
 	opDelete = "delete"
 	opStatus = "status"
+	opDrain  = "drain"
+	opResume = "resume"
 )

@@ -45,6 +45,19 @@ func (c Client) Delete(vip string) error {
 	return err
 }
 
+// Drain hands this node's numbers of a cluster to the others while it keeps
+// serving the connections it has, for at most timeout (0: until they end).
+func (c Client) Drain(vip string, timeout time.Duration) error {
+	_, err := c.call(request{Op: opDrain, VIP: vip, Timeout: timeout})
+	return err
+}
+
+// Resume takes a drained node's numbers back.
+func (c Client) Resume(vip string) error {
+	_, err := c.call(request{Op: opResume, VIP: vip})
+	return err
+}
+
 // Status lists the running clusters.
 func (c Client) Status() ([]ClusterStatus, error) {
 	resp, err := c.call(request{Op: opStatus})

@@ -1,13 +1,16 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/clusterip/clusterip/internal/datapath"
+	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/nodeset"
 )
 
@@ -16,8 +19,12 @@ type cluster struct {
 	spec Spec
 	dp   *datapath.Datapath
 	log  *slog.Logger
+	kick func() // asks the failover loop to reconcile now
 
-	mu sync.Mutex // serializes control-file writes: read, apply, store
+	mu          sync.Mutex // serializes control-file writes and failover state
+	fo          *failover  // nil without membership: the control file is the whole truth
+	stopChecks  func()
+	lastCheck   string // why the health check last changed its mind
 }
 
 // Contents is the control file's text: the node numbers held, as the
@@ -41,12 +48,41 @@ func (c *cluster) Write(data []byte) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fo != nil {
+		return c.overrideLocked(cmd)
+	}
 	next, err := c.dp.Nodes().Apply(cmd, c.spec.TotalNodes)
 	if err != nil {
 		return controlError(err)
 	}
 	c.dp.SetNodes(next)
-	c.log.Info("control file", "command", fmt.Sprintf("%q", string(data)), "nodes", next.String())
+	c.log.Info("control file", "command", cmd.String(), "nodes", next.String())
+	return nil
+}
+
+// overrideLocked applies a control-file write under automatic assignment:
+// +N makes N one of this node's home numbers (it serves N whenever it is
+// available) and -N takes N away from this node for good (no home, never a
+// survivor's pick), until the opposite write. Reads still show what the node
+// serves right now.
+func (c *cluster) overrideLocked(cmd nodeset.Command) error {
+	f := c.fo
+	if !cmd.Add && !f.home.Contains(cmd.Node) && f.serving.Contains(cmd.Node) {
+		f.excluded = f.excluded.Add(cmd.Node)
+	} else {
+		home, err := f.home.Apply(cmd, c.spec.TotalNodes)
+		if err != nil {
+			return controlError(err)
+		}
+		f.home = home
+		if cmd.Add {
+			f.excluded = f.excluded.Remove(cmd.Node)
+		} else {
+			f.excluded = f.excluded.Add(cmd.Node)
+		}
+	}
+	c.log.Info("control file", "command", cmd.String(), "home", f.home.String(), "excluded", f.excluded.String())
+	c.kick()
 	return nil
 }
 
@@ -61,4 +97,46 @@ func controlError(err error) error {
 		errno = syscall.ENOENT
 	}
 	return fmt.Errorf("%w: %w", errno, err)
+}
+
+// startChecks runs the cluster's health check, if it has one, until
+// stopChecks. A failing service makes the node unavailable, which hands its
+// numbers to the others exactly as a drain does.
+func (c *cluster) startChecks() {
+	if c.spec.Check == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	c.stopChecks = func() { cancel(); <-done }
+	go func() {
+		defer close(done)
+		c.spec.Check.Run(ctx, c.spec.VIP, func(healthy bool, err error) {
+			c.mu.Lock()
+			c.fo.unhealthy = !healthy
+			c.lastCheck = fmt.Sprintf("healthy since %s", time.Now().Format(time.TimeOnly))
+			if !healthy {
+				c.lastCheck = fmt.Sprintf("unhealthy since %s: %v", time.Now().Format(time.TimeOnly), err)
+			}
+			c.mu.Unlock()
+			c.log.Warn("health check", "healthy", healthy, "err", err)
+			c.kick()
+		})
+	}()
+}
+
+// status describes the cluster; members is the membership view, if any.
+func (c *cluster) status(members []membership.Member) ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.spec
+	s.LocalNodes = c.dp.Nodes()
+	st := ClusterStatus{Serving: c.dp.Nodes(), Tap: c.dp.TapName(), Stats: c.dp.Stats(), Flows: c.dp.Flows(), Health: c.lastCheck}
+	if c.fo != nil {
+		s.LocalNodes = c.fo.home
+		st.Draining = c.fo.draining
+		st.Members = memberStatuses(s.VIP, members)
+	}
+	st.Args = s.Args()
+	return st
 }

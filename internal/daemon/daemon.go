@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/clusterip/clusterip/internal/datapath"
+	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/procfs"
 )
 
@@ -31,7 +32,25 @@ type Options struct {
 	ControlDir string // where the control files are mounted
 	Socket     string // control socket; the host journal lives beside it
 	ConfigFile string // clusters to create at start; empty for none
+	Membership *MembershipOptions
 	Log        *slog.Logger
+}
+
+// MembershipOptions turn on heartbeats and automatic failover. Without
+// them the daemon does what the kernel target did: the control files are the
+// only way numbers move.
+type MembershipOptions struct {
+	Name     string
+	Bind     netip.Addr // zero: the address this host would use to reach the first peer
+	Port     int
+	Peers    []string
+	KeyFile  string
+	Insecure bool
+	// AloneAfter lets a node that has met no peer for this long serve every
+	// number by itself (0: never). Without it, a node that cannot reach or
+	// authenticate with any peer serves nothing: a node with a wrong key
+	// must not answer its neighbours' clients.
+	AloneAfter time.Duration
 }
 
 // Daemon serves clusters until its context ends.
@@ -40,6 +59,8 @@ type Daemon struct {
 	log     *slog.Logger
 	journal *hostJournal
 	ctl     *procfs.Dir
+	ms      *membership.Membership // nil without membership
+	kickCh  chan struct{}
 
 	mu         sync.Mutex
 	clusters   map[netip.Addr]*cluster
@@ -70,11 +91,25 @@ func Run(ctx context.Context, opts Options) error {
 			}
 		}
 	}
+	var msCfg *membership.Config
+	if opts.Membership != nil {
+		c, err := opts.Membership.config(opts.Log)
+		if err != nil {
+			return err
+		}
+		msCfg = &c
+	}
+	for _, s := range specs {
+		if s.Check != nil && msCfg == nil {
+			return fmt.Errorf("%s: VIP %s: --check needs a daemon with --peers (automatic failover)", opts.ConfigFile, s.VIP)
+		}
+	}
 	ln, err := listenControlSocket(opts.Socket)
 	if err != nil {
 		return err
 	}
-	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[string]int{}}
+	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[string]int{},
+		kickCh: make(chan struct{}, 1)}
 	defer d.shutdown(ln)
 	if d.journal, err = openHostJournal(opts.Socket + ".journal"); err != nil {
 		d.log.Warn("restoring settings left by a previous run", "err", err)
@@ -82,11 +117,25 @@ func Run(ctx context.Context, opts Options) error {
 	if d.ctl, err = procfs.Mount(opts.ControlDir); err != nil {
 		return err
 	}
+	if msCfg != nil {
+		if d.ms, err = membership.Start(*msCfg); err != nil {
+			return err
+		}
+		d.log.Info("membership started", "name", msCfg.Name, "bind", msCfg.Bind, "port", msCfg.Port, "peers", msCfg.Peers)
+	}
 	for _, s := range specs {
 		if err := d.newCluster(s); err != nil {
 			return fmt.Errorf("%s: VIP %s: %w", opts.ConfigFile, s.VIP, err)
 		}
 	}
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	loopDone := make(chan struct{})
+	if d.ms != nil {
+		go func() { d.failoverLoop(loopCtx); close(loopDone) }()
+	} else {
+		close(loopDone)
+	}
+	defer func() { stopLoop(); <-loopDone }()
 	go d.serve(ln)
 	d.log.Info("daemon ready", "socket", opts.Socket, "control", opts.ControlDir, "clusters", len(specs))
 	sdNotify("READY=1")
@@ -119,6 +168,13 @@ func listenControlSocket(path string) (net.Listener, error) {
 
 func (d *Daemon) shutdown(ln net.Listener) {
 	ln.Close()
+	if d.ms != nil {
+		// Leaving first lets the others take over at once rather than after
+		// detecting a failure.
+		if err := d.ms.Leave(); err != nil {
+			d.log.Warn("leave membership", "err", err)
+		}
+	}
 	d.mu.Lock()
 	vips := make([]netip.Addr, 0, len(d.clusters))
 	for vip := range d.clusters {
@@ -183,6 +239,12 @@ func (d *Daemon) do(req request, resp *response) error {
 	case opStatus:
 		resp.Clusters = d.status()
 		return nil
+	case opDrain, opResume:
+		vip, err := netip.ParseAddr(req.VIP)
+		if err != nil {
+			return fmt.Errorf("VIP %q: not an IPv4 address", req.VIP)
+		}
+		return d.drain(vip, req.Op == opDrain, req.Timeout)
 	}
 	return fmt.Errorf("unknown request %q", req.Op)
 }
@@ -217,6 +279,12 @@ func (d *Daemon) newCluster(s Spec) error {
 	if _, ok := d.clusters[s.VIP]; ok {
 		return fmt.Errorf("--vip %s: cluster already exists (delete it first)", s.VIP)
 	}
+	if d.ms != nil && len(d.clusters) >= membership.MaxClusters {
+		return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers", s.VIP, membership.MaxClusters)
+	}
+	if s.Check != nil && d.ms == nil {
+		return fmt.Errorf("--check needs a daemon with --peers (automatic failover)")
+	}
 	if err := checkHost(s); err != nil {
 		return err
 	}
@@ -227,15 +295,26 @@ func (d *Daemon) newCluster(s Spec) error {
 		}
 	}
 	d.ifaceUsers[s.Interface]++
-	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig()}, s.LocalNodes, d.log)
+	initial := s.LocalNodes
+	if d.ms != nil {
+		initial = 0 // the failover loop hands out numbers once it knows who is alive
+	}
+	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig()}, initial, d.log)
 	if err == nil {
-		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String())}
+		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}}
+		if d.ms != nil {
+			c.fo = newFailover(s.LocalNodes)
+			dp.SetPolicy(datapath.Policy{Track: true})
+			c.startChecks()
+		}
 		if err = d.ctl.Add(s.VIP.String(), c); err == nil {
+			d.kick()
 			d.clusters[s.VIP] = c
 			d.log.Info("cluster created", "vip", s.VIP, "interface", s.Interface, "mode", s.Mode,
 				"total", s.TotalNodes, "nodes", s.LocalNodes.String(), "tap", dp.TapName())
 			return nil
 		}
+		c.stopChecks()
 		dp.Close()
 	}
 	d.releaseInterface(s.Interface)
@@ -250,7 +329,11 @@ func (d *Daemon) deleteCluster(vip netip.Addr) error {
 		return fmt.Errorf("VIP %s: no such cluster", vip)
 	}
 	delete(d.clusters, vip)
+	c.stopChecks()
+	c.mu.Lock() // let a running reconcile finish before the datapath goes
 	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close(), d.releaseInterface(c.spec.Interface))
+	c.mu.Unlock()
+	d.kick()
 	d.log.Info("cluster deleted", "vip", vip)
 	return err
 }
@@ -267,14 +350,150 @@ func (d *Daemon) releaseInterface(iface string) error {
 }
 
 func (d *Daemon) status() []ClusterStatus {
+	var members []membership.Member
+	if d.ms != nil {
+		members = d.ms.Members()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]ClusterStatus, 0, len(d.clusters))
-	for _, c := range d.clusters {
-		s := c.spec
-		s.LocalNodes = c.dp.Nodes()
-		out = append(out, ClusterStatus{Args: s.Args(), Tap: c.dp.TapName(), Stats: c.dp.Stats()})
+	vips := make([]netip.Addr, 0, len(d.clusters))
+	for vip := range d.clusters {
+		vips = append(vips, vip)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Args[1] < out[j].Args[1] })
+	sort.Slice(vips, func(i, j int) bool { return vips[i].Less(vips[j]) })
+	out := make([]ClusterStatus, 0, len(vips))
+	for _, vip := range vips {
+		out = append(out, d.clusters[vip].status(members))
+	}
 	return out
+}
+
+// drain hands this node's numbers of a cluster to the others (or takes them
+// back), keeping the connections it has. With a timeout, connections still
+// open after it are dropped.
+func (d *Daemon) drain(vip netip.Addr, on bool, timeout time.Duration) error {
+	if d.ms == nil {
+		return fmt.Errorf("drain needs a daemon with --peers: without membership no other node would take over")
+	}
+	if timeout < 0 {
+		return fmt.Errorf("--timeout %s: must not be negative", timeout)
+	}
+	d.mu.Lock()
+	c, ok := d.clusters[vip]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("VIP %s: no such cluster", vip)
+	}
+	c.mu.Lock()
+	c.fo.draining = on
+	c.fo.drainEnd = time.Time{}
+	if on && timeout > 0 {
+		c.fo.drainEnd = time.Now().Add(timeout)
+	}
+	c.mu.Unlock()
+	c.log.Info("drain", "on", on, "timeout", timeout)
+	d.kick()
+	return nil
+}
+
+// kick asks the failover loop to reconcile now.
+func (d *Daemon) kick() {
+	select {
+	case d.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// failoverLoop reconciles every cluster whenever the membership changes, a
+// peer releases a number, an operator or health check changes something, and
+// on a short tick for handoff timers and kept-flow counts.
+func (d *Daemon) failoverLoop(ctx context.Context) {
+	start := time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.ms.Changes():
+		case <-d.kickCh:
+		case <-tick.C:
+		case msg := <-d.ms.Messages():
+			d.released(msg)
+		}
+		// Until it has met a peer, and heard from every live one, a node
+		// cannot know who serves what, and taking numbers that live peers
+		// serve would answer their clients twice. It still says what it
+		// has, so that the others can start handing its numbers over.
+		alone := d.opts.Membership.AloneAfter
+		ready := d.ms.Joined() || (alone > 0 && time.Since(start) >= alone)
+		d.reconcileAll(ready)
+	}
+}
+
+func (d *Daemon) released(msg []byte) {
+	vip, node, from, ok := parseReleaseMessage(msg)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	c := d.clusters[vip]
+	d.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.fo.released[releaseKey{from: from, node: node}] = time.Now()
+	c.mu.Unlock()
+}
+
+func (d *Daemon) reconcileAll(ready bool) {
+	me := d.ms.Name()
+	members := d.ms.Members()
+	for _, m := range members {
+		if m.Name != me && m.Live() && m.Pending {
+			ready = false
+		}
+	}
+	d.mu.Lock()
+	clusters := make([]*cluster, 0, len(d.clusters))
+	for _, c := range d.clusters {
+		clusters = append(clusters, c)
+	}
+	d.mu.Unlock()
+	sort.Slice(clusters, func(i, j int) bool { return clusters[i].spec.VIP.Less(clusters[j].spec.VIP) })
+
+	// This node's own entry is what it decides now, not what it gossiped last.
+	local := make([]membership.ClusterState, 0, len(clusters))
+	for _, c := range clusters {
+		c.mu.Lock()
+		local = append(local, c.fo.localState(c.spec.VIP))
+		c.mu.Unlock()
+	}
+	for i := range members {
+		if members[i].Name == me {
+			members[i].Clusters = local
+		}
+	}
+	now := time.Now()
+	send := func(to string, msg []byte) {
+		if err := d.ms.Send(to, msg); err != nil {
+			d.log.Debug("release message", "to", to, "err", err)
+		}
+	}
+	states := make([]membership.ClusterState, 0, len(clusters))
+	for _, c := range clusters {
+		c.mu.Lock()
+		switch {
+		case c.dp.Closed():
+		case ready:
+			states = append(states, c.reconcile(me, members, now, send))
+		default:
+			states = append(states, c.fo.localState(c.spec.VIP))
+		}
+		c.mu.Unlock()
+	}
+	if err := d.ms.Publish(states); err != nil {
+		d.log.Warn("publish state", "err", err)
+	}
 }

@@ -31,10 +31,12 @@ func openHostJournal(path string) (*hostJournal, error) {
 	case errors.Is(err, os.ErrNotExist):
 		return j, nil
 	case err != nil:
-		return nil, fmt.Errorf("host journal: %w", err)
+		// Nothing can be restored from it, but the daemon still needs a
+		// journal for the changes it makes from now on.
+		return j, fmt.Errorf("host journal: %w", err)
 	}
 	var left map[string]string
-	if err := json.Unmarshal(data, &left); err != nil {
+	if err := json.Unmarshal(data, &left); err != nil || left == nil {
 		// A torn write can only lose the newest entry, whose change had not
 		// been made yet; nothing to restore from an unreadable file.
 		os.Remove(path)

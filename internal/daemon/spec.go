@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/health"
 	"github.com/clusterip/clusterip/nodeset"
 	"github.com/spf13/pflag"
 )
@@ -25,6 +26,7 @@ type Spec struct {
 	TotalNodes int
 	LocalNodes nodeset.NodeSet
 	HashInit   uint32
+	Check      *health.Check // nil: no health check
 }
 
 // DefaultClusterMAC is the cluster MAC used when --clustermac is left out:
@@ -45,6 +47,11 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 	total := fs.Int("total-nodes", 0, fmt.Sprintf("number of node numbers in the cluster, 1..%d (required)", nodeset.Max))
 	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
 	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
+	check := fs.String("check", "", "health check of the local service: tcp:PORT (on the VIP), http:URL or exec:COMMAND; while it fails the node hands its numbers to the others (needs --peers on the daemon)")
+	interval := fs.Duration("check-interval", health.DefaultInterval, "time between health checks")
+	timeout := fs.Duration("check-timeout", 0, "time a check may take (0: the interval)")
+	fall := fs.Int("check-fall", health.DefaultFall, "consecutive failures that make the node unhealthy")
+	rise := fs.Int("check-rise", health.DefaultRise, "consecutive successes that make it healthy again")
 	return func() (Spec, error) {
 		for _, name := range []string{"vip", "interface", "hashmode", "total-nodes"} {
 			if !fs.Changed(name) {
@@ -78,6 +85,20 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 			s.LocalNodes = s.LocalNodes.Add(n)
 		}
 		s.HashInit = *seed
+		if fs.Changed("check") {
+			c, err := health.Parse(*check)
+			if err != nil {
+				return Spec{}, err
+			}
+			c.Interval, c.Timeout, c.Fall, c.Rise = *interval, *timeout, *fall, *rise
+			s.Check = &c
+		} else {
+			for _, name := range []string{"check-interval", "check-timeout", "check-fall", "check-rise"} {
+				if fs.Changed(name) {
+					return Spec{}, fmt.Errorf("--%s needs --check", name)
+				}
+			}
+		}
 		return s, s.Validate()
 	}
 }
@@ -105,6 +126,11 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("--local-node %d: out of range 1..%d (--total-nodes)", n, s.TotalNodes)
 		}
 	}
+	if s.Check != nil {
+		if err := s.Check.Validate(); err != nil {
+			return err
+		}
+	}
 	return s.HashConfig().Validate()
 }
 
@@ -125,7 +151,12 @@ func (s Spec) Args() []string {
 	for _, n := range s.LocalNodes.Nodes() {
 		args = append(args, "--local-node", strconv.Itoa(n))
 	}
-	return append(args, "--hash-init", strconv.FormatUint(uint64(s.HashInit), 10))
+	args = append(args, "--hash-init", strconv.FormatUint(uint64(s.HashInit), 10))
+	if c := s.Check; c != nil {
+		args = append(args, "--check", c.String(), "--check-interval", c.Interval.String(),
+			"--check-timeout", c.Timeout.String(), "--check-fall", strconv.Itoa(c.Fall), "--check-rise", strconv.Itoa(c.Rise))
+	}
+	return args
 }
 
 // ParseSpec parses the flags of `new`.
@@ -152,7 +183,7 @@ func FormatConfig(specs []Spec) string {
 	var b strings.Builder
 	b.WriteString(configHeader)
 	for _, s := range specs {
-		b.WriteString("new " + strings.Join(s.Args(), " ") + "\n")
+		b.WriteString("new " + joinQuoted(s.Args()) + "\n")
 	}
 	return b.String()
 }
@@ -168,11 +199,14 @@ func ParseConfig(name string, r io.Reader) ([]Spec, error) {
 	var specs []Spec
 	seen := map[netip.Addr]int{}
 	for i, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
+		lineErr := func(err error) error { return fmt.Errorf("%s:%d: %w", name, i+1, err) }
+		fields, err := splitQuoted(line)
+		if err != nil {
+			return nil, lineErr(err)
+		}
 		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
 			continue
 		}
-		lineErr := func(err error) error { return fmt.Errorf("%s:%d: %w", name, i+1, err) }
 		if fields[0] != "new" {
 			return nil, lineErr(fmt.Errorf("expected \"new --vip ...\", got %q", fields[0]))
 		}
@@ -190,3 +224,68 @@ func ParseConfig(name string, r io.Reader) ([]Spec, error) {
 }
 
 var errNoDaemon = errors.New("no daemon listening")
+
+// joinQuoted joins args with spaces, single-quoting those that need it as a
+// POSIX shell would, so a saved line can also be pasted after `clusterctl`.
+func joinQuoted(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && !strings.ContainsAny(a, " \t'\"\\$`#;&|<>()*?[]{}~") {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
+}
+
+// splitQuoted splits a config line into words: whitespace separates,
+// single quotes keep everything literally, double quotes too except for
+// backslash escapes, and a backslash outside quotes escapes one character.
+func splitQuoted(line string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(line); i++ {
+		ch := line[i]
+		switch {
+		case ch == ' ' || ch == '\t' || ch == '\r':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case ch == '\'':
+			j := strings.IndexByte(line[i+1:], '\'')
+			if j < 0 {
+				return nil, errors.New("unterminated single quote")
+			}
+			cur.WriteString(line[i+1 : i+1+j])
+			i += j + 1
+			inWord = true
+		case ch == '"':
+			i++
+			for ; i < len(line) && line[i] != '"'; i++ {
+				if line[i] == '\\' && i+1 < len(line) {
+					i++
+				}
+				cur.WriteByte(line[i])
+			}
+			if i >= len(line) {
+				return nil, errors.New("unterminated double quote")
+			}
+			inWord = true
+		case ch == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+			inWord = true
+		default:
+			cur.WriteByte(ch)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}

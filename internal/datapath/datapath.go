@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
@@ -32,6 +33,32 @@ type Stats struct {
 	TapErrors   uint64
 }
 
+// Policy is what this node answers for, swapped whole so that each packet
+// sees one consistent version.
+type Policy struct {
+	Serve nodeset.NodeSet // numbers whose new connections are answered here
+	// The rest matters only with Track, for automatic failover.
+	Guarded  nodeset.NodeSet // numbers another live node serves or holds connections for
+	Observe  nodeset.NodeSet // numbers moving here: their connections are the other node's
+	Track    bool            // keep a flow table, so connections survive moves
+	DropKept bool            // forget connections of numbers no longer served (drain timeout)
+}
+
+// FlowStats describes the flow table, as of its last sweep.
+type FlowStats struct {
+	Tracked     int             `json:"tracked"`
+	Kept        int             `json:"kept"`    // connections of numbers served elsewhere now
+	Foreign     int             `json:"foreign"` // other nodes' connections, not answered here
+	Untracked   uint64          `json:"untracked"`
+	KeptNumbers nodeset.NodeSet `json:"kept_numbers"`
+	SweptAt     time.Time       `json:"swept_at"`
+}
+
+// FlowSweepInterval is how often idle flows are forgotten and the kept
+// numbers recounted; a handoff ends at most this long after its last kept
+// connection does.
+const FlowSweepInterval = 250 * time.Millisecond
+
 type counters struct {
 	owned, notOwned, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
 }
@@ -43,14 +70,18 @@ type Datapath struct {
 	ifi   *net.Interface
 	sock  *captureSocket
 	tap   *tapDevice
-	owner Owner
-	nodes atomic.Uint64 // nodeset.NodeSet, swapped whole so each packet sees one consistent set
-	frags *fragTable
+	owner  Owner
+	policy atomic.Pointer[Policy]
+	flows  *flowTable
+	flowSt atomic.Pointer[FlowStats]
+	now    atomic.Int64 // coarse clock for flow timestamps, set by the sweeper
+	frags  *fragTable
 	stats counters
 	log   *slog.Logger
 
 	wg        sync.WaitGroup
 	closing   atomic.Bool
+	stop      chan struct{}
 	closeOnce sync.Once
 }
 
@@ -74,9 +105,13 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 		ifi:   ifi,
 		owner: Owner{Hash: cfg.Hash},
 		frags: newFragTable(),
+		flows: newFlowTable(DefaultMaxFlows),
+		stop:  make(chan struct{}),
 		log:   log.With("vip", cfg.VIP.String()),
 	}
-	d.nodes.Store(uint64(nodes))
+	d.SetNodes(nodes)
+	d.flowSt.Store(&FlowStats{})
+	d.now.Store(time.Now().UnixNano())
 	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP); err != nil {
 		return nil, err
 	}
@@ -84,8 +119,9 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 		d.tap.close()
 		return nil, err
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.receive()
+	go d.sweep()
 	if err := d.Announce(); err != nil {
 		d.log.Warn("gratuitous ARP failed", "err", err)
 	}
@@ -93,11 +129,39 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 }
 
 // Nodes returns the node numbers this node answers for.
-func (d *Datapath) Nodes() nodeset.NodeSet { return nodeset.NodeSet(d.nodes.Load()) }
+func (d *Datapath) Nodes() nodeset.NodeSet { return d.policy.Load().Serve }
 
-// SetNodes changes the node numbers this node answers for; the next packet
-// sees the new set.
-func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.nodes.Store(uint64(s)) }
+// SetNodes makes this node answer for exactly s, as the kernel target did;
+// the next packet sees the new set.
+func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
+
+// SetPolicy replaces what this node answers for; the next packet sees it.
+func (d *Datapath) SetPolicy(p Policy) { d.policy.Store(&p) }
+
+// Flows describes the flow table as of its last sweep.
+func (d *Datapath) Flows() FlowStats { return *d.flowSt.Load() }
+
+// sweep ages the flow table and counts it, and keeps the coarse clock.
+func (d *Datapath) sweep() {
+	defer d.wg.Done()
+	t := time.NewTicker(FlowSweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case now := <-t.C:
+			d.now.Store(now.UnixNano())
+			pol := d.policy.Load()
+			d.flows.mu.Lock()
+			c := d.flows.sweep(now.UnixNano(), pol.Serve, pol.DropKept)
+			untracked := d.flows.untracked
+			d.flows.mu.Unlock()
+			d.flowSt.Store(&FlowStats{Tracked: c.tracked, Kept: c.kept, Foreign: c.foreign,
+				Untracked: untracked, KeptNumbers: c.keptNumbers, SweptAt: now})
+		}
+	}
+}
 
 // Config returns the configuration the datapath was opened with.
 func (d *Datapath) Config() Config { return d.cfg }
@@ -137,9 +201,13 @@ func (d *Datapath) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		d.closing.Store(true)
+		close(d.stop)
 		err = d.sock.close()
 		d.wg.Wait()
 		err = errors.Join(err, d.tap.close())
 	})
 	return err
 }
+
+// Closed tells whether Close has been called.
+func (d *Datapath) Closed() bool { return d.closing.Load() }

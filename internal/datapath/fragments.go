@@ -19,14 +19,23 @@ type fragKey struct {
 	proto uint8
 }
 
+// fragVerdict is what the first fragment decided for its datagram.
+type fragVerdict int
+
+const (
+	fragUnknown fragVerdict = iota // first fragment not seen yet
+	fragAccept
+	fragDrop
+)
+
 type fragEntry struct {
-	node    int // 0 until the first fragment has been seen
+	verdict fragVerdict
 	expires int64
 	held    [][]byte // later fragments that arrived before the first
 }
 
-// fragTable remembers which node owns each fragmented datagram in a
-// port-hashing mode, where only the first fragment carries the ports. The
+// fragTable remembers the verdict on each fragmented datagram whose owner
+// only its first fragment can tell (it alone carries the ports). The
 // kernel target never had this problem: conntrack reassembled before it
 // hashed. Fragments that arrive before their first fragment are held (copied)
 // until it comes or the entry expires. Only the reader goroutine touches it.
@@ -38,9 +47,9 @@ type fragTable struct {
 
 func newFragTable() *fragTable { return &fragTable{entries: make(map[fragKey]*fragEntry)} }
 
-// first records the owner of a datagram from its first fragment and returns
-// the fragments held for it, to be delivered or dropped by the caller.
-func (t *fragTable) first(k fragKey, node int, now int64) [][]byte {
+// first records the verdict on a datagram from its first fragment and
+// returns the fragments held for it, to be delivered or dropped by the caller.
+func (t *fragTable) first(k fragKey, v fragVerdict, now int64) [][]byte {
 	t.sweep(now)
 	e := t.entries[k]
 	if e == nil {
@@ -50,7 +59,7 @@ func (t *fragTable) first(k fragKey, node int, now int64) [][]byte {
 		e = &fragEntry{}
 		t.entries[k] = e
 	}
-	e.node = node
+	e.verdict = v
 	e.expires = now + int64(fragTimeout)
 	held := e.held
 	e.held = nil
@@ -60,13 +69,12 @@ func (t *fragTable) first(k fragKey, node int, now int64) [][]byte {
 	return held
 }
 
-// lookup returns the owner of a later fragment's datagram, or 0 when its
-// first fragment has not been seen yet.
-func (t *fragTable) lookup(k fragKey) int {
+// lookup returns the verdict on a later fragment's datagram.
+func (t *fragTable) lookup(k fragKey) fragVerdict {
 	if e := t.entries[k]; e != nil {
-		return e.node
+		return e.verdict
 	}
-	return 0
+	return fragUnknown
 }
 
 // hold keeps a copy of a fragment until its datagram's owner is known. It

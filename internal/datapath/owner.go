@@ -27,9 +27,21 @@ func (o *Owner) needsFragmentTable(p *ipv4Packet) bool {
 	return p.fragment() && (o.Hash.Mode.UsesPorts() || p.proto == protoICMP)
 }
 
+// packetFlow is what the ownership decision needs to know about a packet:
+// the number it hashes to and the connection it belongs to.
+type packetFlow struct {
+	node   int
+	key    flowKey
+	opens  bool // may start a connection: a TCP SYN, or any packet of a connectionless protocol
+	closes bool // a TCP FIN or RST
+}
+
 // Node returns the node (1..total) that owns an IPv4 packet to the VIP. For
 // a first fragment the answer holds for the whole datagram; later fragments
 // that needsFragmentTable names are resolved through the fragment table.
+func (o *Owner) Node(p *ipv4Packet) int { return o.flow(p).node }
+
+// flow hashes a packet and names its connection.
 //
 // ICMP errors are owned by whoever owns the flow they quote. The quoted
 // packet is one the cluster sent (VIP to client), so the flow is read back to
@@ -37,32 +49,99 @@ func (o *Owner) needsFragmentTable(p *ipv4Packet) bool {
 // destination port. Without this, "fragmentation needed" from a router would
 // land on the node the router's address hashes to and path-MTU discovery
 // would break for every other node's connections.
-func (o *Owner) Node(p *ipv4Packet) int {
+func (o *Owner) flow(p *ipv4Packet) packetFlow {
 	if p.proto == protoICMP {
-		if node := o.icmpErrorNode(p.l4); node != 0 {
-			return node
+		if f, ok := o.icmpErrorFlow(p.l4); ok {
+			return f
 		}
 	}
 	sport, dport := hash.RawPorts(p.proto, p.l4)
-	return o.Hash.Node(p.src, sport, dport)
+	f := packetFlow{
+		node:  o.Hash.Node(p.src, sport, dport),
+		key:   flowKey{src: p.src, sport: sport, dport: dport, proto: p.proto},
+		opens: true,
+	}
+	if p.proto == protoTCP {
+		flags := tcpFlags(p.l4)
+		f.opens = flags&(tcpFlagSYN|tcpFlagACK) == tcpFlagSYN
+		f.closes = flags&(tcpFlagFIN|tcpFlagRST) != 0
+	}
+	return f
 }
 
-func (o *Owner) icmpErrorNode(icmp []byte) int {
+func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 	if len(icmp) < 8+ipv4MinHdrLen || !icmpIsError(icmp[0]) {
-		return 0
+		return packetFlow{}, false
 	}
 	inner := icmp[8:]
 	if inner[0]>>4 != 4 {
-		return 0
+		return packetFlow{}, false
 	}
 	ihl := int(inner[0]&0x0f) * 4
 	if ihl < ipv4MinHdrLen || ihl > len(inner) {
-		return 0
+		return packetFlow{}, false
 	}
 	client := binary.BigEndian.Uint32(inner[16:20])
+	proto := inner[9]
 	var serverPort, clientPort uint16
 	if binary.BigEndian.Uint16(inner[6:8])&ipFragOffMask == 0 {
-		serverPort, clientPort = hash.RawPorts(inner[9], inner[ihl:])
+		serverPort, clientPort = hash.RawPorts(proto, inner[ihl:])
 	}
-	return o.Hash.Node(client, clientPort, serverPort)
+	return packetFlow{
+		node: o.Hash.Node(client, clientPort, serverPort),
+		key:  flowKey{src: client, sport: clientPort, dport: serverPort, proto: proto},
+	}, true
+}
+
+// accept is the ownership decision: whether this node answers a packet (or
+// the datagram whose first fragment it is). Without flow tracking it is the
+// kernel target's rule, "is the packet's number one of mine". With tracking
+// (automatic failover), a number can be moving between nodes, and the rule
+// keeps each connection on the node that has it:
+//
+//  1. a connection this node serves stays here, whatever its number;
+//  2. a connection another node had while its number moved here stays
+//     there while that node is alive and holds the number's flows;
+//  3. while a number is about to move here, its connections are noted as
+//     the other node's, and not answered;
+//  4. otherwise a packet is answered if its number is served here, except
+//     one that cannot open a connection while another live node may hold it:
+//     nobody resets a connection it does not own.
+//
+// A dead node holds nothing, so its connections reach rule 4 and are reset
+// by the new owner's stack at their next packet.
+func (d *Datapath) accept(p *ipv4Packet) bool {
+	f := d.owner.flow(p)
+	pol := d.policy.Load()
+	if !pol.Track {
+		return pol.Serve.Contains(f.node)
+	}
+	t := d.flows
+	now := d.now.Load()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.m[f.key]; ok {
+		e.lastSeen = now
+		e.closing = e.closing || f.closes
+		switch {
+		case !e.foreign:
+			t.m[f.key] = e
+			return true
+		case pol.Guarded.Contains(f.node) || pol.Observe.Contains(f.node):
+			t.m[f.key] = e
+			return false
+		}
+		delete(t.m, f.key) // its holder let go: judge it afresh
+	}
+	switch {
+	case pol.Observe.Contains(f.node):
+		t.add(f.key, flow{lastSeen: now, node: uint8(f.node), foreign: true})
+		return false
+	case !pol.Serve.Contains(f.node):
+		return false
+	case pol.Guarded.Contains(f.node) && !f.opens:
+		return false
+	}
+	t.add(f.key, flow{lastSeen: now, node: uint8(f.node), closing: f.closes})
+	return true
 }

@@ -46,3 +46,22 @@ func parseIPv4(b []byte, p *ipv4Packet) bool {
 	p.l4 = b[ihl:total]
 	return true
 }
+
+const (
+	protoTCP     = 6
+	protoUDP     = 17
+	protoUDPLite = 136
+
+	tcpFlagFIN = 0x01
+	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
+	tcpFlagACK = 0x10
+)
+
+// tcpFlags returns the flags of a TCP segment, or 0 when l4 is too short.
+func tcpFlags(l4 []byte) uint8 {
+	if len(l4) < 14 {
+		return 0
+	}
+	return l4[13]
+}

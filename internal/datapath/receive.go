@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"time"
 
-	"github.com/clusterip/clusterip/nodeset"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,22 +64,26 @@ func (d *Datapath) handleIPv4(b []byte) {
 		return
 	}
 	if !d.owner.needsFragmentTable(&p) {
-		d.deliver(b, d.owner.Node(&p))
+		d.deliver(b, d.accept(&p))
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
 	now := time.Now().UnixNano()
 	if p.fragOff == 0 {
-		node := d.owner.Node(&p)
-		held := d.frags.first(k, node, now)
-		d.deliver(b, node)
+		ok := d.accept(&p)
+		v := fragDrop
+		if ok {
+			v = fragAccept
+		}
+		held := d.frags.first(k, v, now)
+		d.deliver(b, ok)
 		for _, h := range held {
-			d.deliver(h, node)
+			d.deliver(h, ok)
 		}
 		return
 	}
-	if node := d.frags.lookup(k); node != 0 {
-		d.deliver(b, node)
+	if v := d.frags.lookup(k); v != fragUnknown {
+		d.deliver(b, v == fragAccept)
 		return
 	}
 	if d.frags.hold(k, b, now) {
@@ -90,12 +93,12 @@ func (d *Datapath) handleIPv4(b []byte) {
 	}
 }
 
-// deliver writes b to the TAP if this node holds node, else drops it. The
-// destination MAC becomes the TAP's own so the stack takes the packet as
-// addressed to this host (TCP discards anything else), as the kernel target
-// set pkt_type to PACKET_HOST.
-func (d *Datapath) deliver(b []byte, node int) {
-	if !nodeset.NodeSet(d.nodes.Load()).Contains(node) {
+// deliver writes b to the TAP if accepted, else drops it. The destination
+// MAC becomes the TAP's own so the stack takes the packet as addressed to
+// this host (TCP discards anything else), as the kernel target set pkt_type
+// to PACKET_HOST.
+func (d *Datapath) deliver(b []byte, accepted bool) {
+	if !accepted {
 		d.stats.notOwned.Add(1)
 		return
 	}

@@ -8,25 +8,42 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Serve runs the lab's test service until ctx ends: HTTP on tcpAddr
-// answering "NAME\n" (and /bytes?n=N with N bytes, for bulk transfers) and
-// UDP on udpAddr answering each datagram with "NAME LEN".
-func Serve(ctx context.Context, name, tcpAddr, udpAddr string) error {
-	ln, err := net.Listen("tcp4", tcpAddr)
+// Serve runs the lab's test service until ctx ends: HTTP on httpAddr
+// answering "NAME\n" (/bytes?n=N sends N bytes, for bulk transfers; /health
+// fails while healthFile exists), and on echoAddr a UDP service answering
+// each datagram with "NAME LEN" and a TCP service answering each line with
+// "NAME LINE", for long-lived connections.
+func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string) error {
+	ln, err := net.Listen("tcp4", httpAddr)
 	if err != nil {
 		return err
 	}
-	pc, err := net.ListenPacket("udp4", udpAddr)
+	pc, err := net.ListenPacket("udp4", echoAddr)
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	echo, err := net.Listen("tcp4", echoAddr)
+	if err != nil {
+		ln.Close()
+		pc.Close()
+		return err
+	}
+	go serveEcho(echo, name)
 	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := os.Stat(healthFile); healthFile != "" && err == nil {
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Node", name)
 		fmt.Fprintln(w, name)
@@ -62,12 +79,31 @@ func Serve(ctx context.Context, name, tcpAddr, udpAddr string) error {
 	go func() {
 		<-ctx.Done()
 		pc.Close()
+		echo.Close()
 		srv.Close()
 	}()
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+func serveEcho(ln net.Listener, name string) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			r := bufio.NewScanner(conn)
+			for r.Scan() {
+				if _, err := fmt.Fprintf(conn, "%s %s\n", name, r.Text()); err != nil {
+					return
+				}
+			}
+		}()
+	}
 }
 
 // ProbeResult is one connection the probe made.

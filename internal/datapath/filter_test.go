@@ -1,0 +1,204 @@
+package datapath
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/net/bpf"
+)
+
+// filterVM assembles captureFilter's program and loads it into x/net/bpf's
+// VM, which follows the kernel's semantics for out-of-bounds loads (the
+// packet is dropped).
+func filterVM(t *testing.T, vip netip.Addr, mac net.HardwareAddr) *bpf.VM {
+	t.Helper()
+	raw, err := captureFilter(vip, mac)
+	if err != nil {
+		t.Fatalf("captureFilter: %v", err)
+	}
+	prog, ok := bpf.Disassemble(raw)
+	if !ok {
+		t.Fatalf("captureFilter's program does not disassemble: %v", prog)
+	}
+	vm, err := bpf.NewVM(prog)
+	if err != nil {
+		t.Fatalf("NewVM: %v", err)
+	}
+	return vm
+}
+
+func TestCaptureFilter(t *testing.T) {
+	const other = "192.0.2.11"
+	vip := testVIP.String()
+	unicastMAC := testNICMAC
+	otherClusterMAC := net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x02, 0x0b} // differs in the low 2 bytes only
+	otherPrefixMAC := net.HardwareAddr{0x01, 0x00, 0x5f, 0x00, 0x02, 0x0a}  // differs in the high 4 bytes only
+
+	toVIP := mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testTCP}, mkTCP(40000, 80))
+	toOther := mkIPv4(testIPHdr{src: "198.51.100.7", dst: other, proto: testTCP}, mkTCP(40000, 80))
+	arpForVIP := mkARP(arpOpRequest, testClientMAC, "198.51.100.7", nil, vip)
+	ipv4Frame := mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, toVIP)
+	arpReqFrame := mkEther(broadcastMAC, testClientMAC, etherTypeARP, arpForVIP)
+
+	tests := []struct {
+		name   string
+		frame  []byte
+		accept bool
+	}{
+		{
+			name:   "ARP request for VIP",
+			frame:  arpReqFrame,
+			accept: true,
+		},
+		{
+			name:   "ARP reply for VIP",
+			frame:  mkEther(testClusterMAC, testClientMAC, etherTypeARP, mkARP(arpOpReply, testClientMAC, "198.51.100.7", testClusterMAC, vip)),
+			accept: true,
+		},
+		{
+			name:  "ARP request for another IP",
+			frame: mkEther(broadcastMAC, testClientMAC, etherTypeARP, mkARP(arpOpRequest, testClientMAC, "198.51.100.7", nil, other)),
+		},
+		{
+			name:  "ARP request from VIP for another IP",
+			frame: mkEther(broadcastMAC, testClientMAC, etherTypeARP, mkARP(arpOpRequest, testClientMAC, vip, nil, other)),
+		},
+		{
+			name:   "IPv4 to VIP, cluster MAC",
+			frame:  ipv4Frame,
+			accept: true,
+		},
+		{
+			name:   "IPv4 to VIP, cluster MAC, 64 KB super-frame",
+			frame:  mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testTCP}, make([]byte, 65515))),
+			accept: true,
+		},
+		{
+			name:  "IPv4 to VIP, unicast MAC",
+			frame: mkEther(unicastMAC, testClientMAC, etherTypeIPv4, toVIP),
+		},
+		{
+			name:  "IPv4 to VIP, broadcast MAC",
+			frame: mkEther(broadcastMAC, testClientMAC, etherTypeIPv4, toVIP),
+		},
+		{
+			name:  "IPv4 to VIP, another cluster's MAC",
+			frame: mkEther(otherClusterMAC, testClientMAC, etherTypeIPv4, toVIP),
+		},
+		{
+			name:  "IPv4 to VIP, MAC differing in high bytes",
+			frame: mkEther(otherPrefixMAC, testClientMAC, etherTypeIPv4, toVIP),
+		},
+		{
+			name:  "IPv4 to another IP, cluster MAC",
+			frame: mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, toOther),
+		},
+		{
+			name:  "IPv4 from VIP, cluster MAC",
+			frame: mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: vip, dst: other, proto: testTCP}, mkTCP(80, 40000))),
+		},
+		{
+			name:  "IPv6, cluster MAC",
+			frame: mkEther(testClusterMAC, testClientMAC, 0x86dd, make([]byte, 60)),
+		},
+		{
+			// The bytes after the VLAN tag are an IPv4 packet to the VIP,
+			// but at the wrong offsets.
+			name:  "VLAN-tagged IPv4 to VIP",
+			frame: mkEther(testClusterMAC, testClientMAC, 0x8100, append([]byte{0x00, 0x01, 0x08, 0x00}, toVIP...)),
+		},
+		{
+			// IPv4 bytes under another EtherType must not be read as IPv4.
+			name:  "IPv4 bytes under EtherType 0x88b5",
+			frame: mkEther(testClusterMAC, testClientMAC, 0x88b5, toVIP),
+		},
+		{
+			name: "empty",
+		},
+		{
+			name:  "truncated before EtherType",
+			frame: ipv4Frame[:13],
+		},
+		{
+			name:  "IPv4 truncated inside destination address",
+			frame: ipv4Frame[:ethHdrLen+19],
+		},
+		{
+			name:  "IPv4 truncated after Ethernet header",
+			frame: ipv4Frame[:ethHdrLen],
+		},
+		{
+			name:  "ARP truncated inside target address",
+			frame: arpReqFrame[:ethHdrLen+27],
+		},
+	}
+
+	vm := filterVM(t, testVIP, testClusterMAC)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := vm.Run(tt.frame)
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			switch {
+			case !tt.accept && n != 0:
+				t.Fatalf("filter kept %d bytes of a frame it must drop", n)
+			case tt.accept && n < len(tt.frame):
+				// The kernel caps the return value to the frame length;
+				// anything less would cut the frame.
+				t.Fatalf("filter kept %d bytes of a %d-byte frame, want all of it", n, len(tt.frame))
+			}
+		})
+	}
+}
+
+func TestCaptureFilterOtherClusters(t *testing.T) {
+	// The VIP and MAC are compared as 32-bit and 16-bit words; values with
+	// the high bits set catch a sign or byte-order slip.
+	tests := []struct {
+		vip string
+		mac net.HardwareAddr
+	}{
+		{"10.0.0.1", net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}},
+		{"203.0.113.254", net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, 0xff, 0xff}},
+		{"223.255.255.254", net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xfe}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.vip, func(t *testing.T) {
+			vm := filterVM(t, netip.MustParseAddr(tt.vip), tt.mac)
+			pkt := mkIPv4(testIPHdr{src: "198.51.100.7", dst: tt.vip, proto: testUDP}, mkUDP(5000, 53))
+			if n, _ := vm.Run(mkEther(tt.mac, testClientMAC, etherTypeIPv4, pkt)); n == 0 {
+				t.Error("IPv4 to VIP and cluster MAC dropped")
+			}
+			if n, _ := vm.Run(mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, pkt)); n != 0 {
+				t.Error("IPv4 to VIP and the default test cluster MAC kept")
+			}
+			arp := mkARP(arpOpRequest, testClientMAC, "198.51.100.7", nil, tt.vip)
+			if n, _ := vm.Run(mkEther(broadcastMAC, testClientMAC, etherTypeARP, arp)); n == 0 {
+				t.Error("ARP request for VIP dropped")
+			}
+		})
+	}
+}
+
+func TestCaptureFilterErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		vip  netip.Addr
+		mac  net.HardwareAddr
+	}{
+		{"IPv6 VIP", netip.MustParseAddr("2001:db8::1"), testClusterMAC},
+		{"IPv4-mapped VIP", netip.MustParseAddr("::ffff:192.0.2.10"), testClusterMAC},
+		{"zero VIP", netip.Addr{}, testClusterMAC},
+		{"nil MAC", testVIP, nil},
+		{"EUI-64 MAC", testVIP, net.HardwareAddr{0x01, 0x00, 0x5e, 0x00, 0x00, 0x00, 0x02, 0x0a}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := captureFilter(tt.vip, tt.mac); err == nil {
+				t.Fatal("captureFilter succeeded, want error")
+			}
+		})
+	}
+}

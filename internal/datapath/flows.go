@@ -1,0 +1,106 @@
+package datapath
+
+import (
+	"sync"
+	"time"
+
+	"github.com/clusterip/clusterip/nodeset"
+)
+
+// Idle timeouts of tracked flows. A kept flow (one whose number moved to
+// another node) that stays idle longer is forgotten: its next packet goes to
+// the number's new owner, whose stack resets it.
+const (
+	flowIdleTCP     = 5 * time.Minute
+	flowIdleClosing = 10 * time.Second // after a FIN or RST from the client
+	flowIdleUDP     = time.Minute
+	flowIdleOther   = 30 * time.Second
+
+	// DefaultMaxFlows bounds the flow table: about 64 bytes each.
+	DefaultMaxFlows = 1 << 18
+)
+
+// flowKey is a connection as the client sends it. Ports are raw, as hashed.
+type flowKey struct {
+	src          uint32
+	sport, dport uint16
+	proto        uint8
+}
+
+type flow struct {
+	lastSeen int64
+	node     uint8 // the number the flow hashes to
+	foreign  bool  // seen while another node served its number: that node's
+	closing  bool
+}
+
+// flowTable remembers the connections this node serves, so that it keeps
+// serving them when their number moves to another node (drain, rejoin), and
+// the connections another node served while a number was moving here
+// (foreign), so that this node leaves them alone. Each worker has its own:
+// the socket fanout sends every packet of a flow to the same worker.
+//
+// When the table is full, new connections are still served but not
+// tracked: a later move of their number cuts them. Stats.FlowsUntracked
+// counts them.
+type flowTable struct {
+	mu        sync.Mutex // taken per packet by the reader, uncontended but for the sweep
+	m         map[flowKey]flow
+	max       int
+	untracked uint64
+}
+
+func newFlowTable(max int) *flowTable {
+	return &flowTable{m: make(map[flowKey]flow), max: max}
+}
+
+func idleTimeout(f flow, proto uint8) int64 {
+	switch {
+	case f.closing:
+		return int64(flowIdleClosing)
+	case proto == protoTCP:
+		return int64(flowIdleTCP)
+	case proto == protoUDP || proto == protoUDPLite:
+		return int64(flowIdleUDP)
+	}
+	return int64(flowIdleOther)
+}
+
+// add records a flow; it reports false when the table is full.
+func (t *flowTable) add(k flowKey, f flow) bool {
+	if _, ok := t.m[k]; !ok && len(t.m) >= t.max {
+		t.untracked++
+		return false
+	}
+	t.m[k] = f
+	return true
+}
+
+// flowCounts is what a sweep learns about a table.
+type flowCounts struct {
+	tracked, kept, foreign int
+	keptNumbers            nodeset.NodeSet // numbers with kept flows
+}
+
+// sweep forgets idle flows and, with dropKept, every kept one; it counts
+// the rest. Flows of numbers in serve are this node's own; the others are
+// kept from before a move.
+func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowCounts {
+	var c flowCounts
+	for k, f := range t.m {
+		kept := !f.foreign && !serve.Contains(int(f.node))
+		if now-f.lastSeen > idleTimeout(f, k.proto) || (kept && dropKept) {
+			delete(t.m, k)
+			continue
+		}
+		c.tracked++
+		switch {
+		case f.foreign:
+			c.foreign++
+		case kept:
+			c.kept++
+			c.keptNumbers = c.keptNumbers.Add(int(f.node))
+		}
+	}
+	return c
+}

@@ -1,0 +1,145 @@
+// Package health checks a node's local service, so that a node whose
+// service is sick gives up its node numbers in good time.
+package health
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Check is one health check as `clusterctl new --check` declares it.
+type Check struct {
+	Kind     string // tcp, http or exec
+	Target   string // port, URL or shell command
+	Interval time.Duration
+	Timeout  time.Duration
+	Fall     int // consecutive failures that make the node unhealthy
+	Rise     int // consecutive successes that make it healthy again
+}
+
+// Defaults for the check's timing.
+const (
+	DefaultInterval = time.Second
+	DefaultFall     = 3
+	DefaultRise     = 2
+)
+
+// Parse reads "tcp:PORT", "http:URL" or "exec:COMMAND" with default timing.
+func Parse(s string) (Check, error) {
+	kind, target, ok := strings.Cut(s, ":")
+	c := Check{Kind: kind, Target: target, Interval: DefaultInterval, Fall: DefaultFall, Rise: DefaultRise}
+	if !ok || target == "" {
+		return Check{}, fmt.Errorf("--check %q: want tcp:PORT, http:URL or exec:COMMAND", s)
+	}
+	switch kind {
+	case "tcp":
+		if p, err := strconv.ParseUint(target, 10, 16); err != nil || p == 0 {
+			return Check{}, fmt.Errorf("--check %q: port must be 1..65535", s)
+		}
+	case "http":
+		u, err := url.Parse("http:" + target)
+		if err != nil || u.Host == "" {
+			return Check{}, fmt.Errorf("--check %q: not an http URL (e.g. http://127.0.0.1/health)", s)
+		}
+	case "exec":
+	default:
+		return Check{}, fmt.Errorf("--check %q: unknown kind %q; want tcp, http or exec", s, kind)
+	}
+	return c, nil
+}
+
+// String is the --check form.
+func (c Check) String() string { return c.Kind + ":" + c.Target }
+
+// Validate checks the timing.
+func (c Check) Validate() error {
+	switch {
+	case c.Interval < 10*time.Millisecond || c.Interval > time.Hour:
+		return fmt.Errorf("--check-interval %s: want 10ms..1h", c.Interval)
+	case c.Timeout < 0 || c.Timeout > time.Hour:
+		return fmt.Errorf("--check-timeout %s: want 0 (the interval)..1h", c.Timeout)
+	case c.Fall < 1 || c.Fall > 100:
+		return fmt.Errorf("--check-fall %d: want 1..100", c.Fall)
+	case c.Rise < 1 || c.Rise > 100:
+		return fmt.Errorf("--check-rise %d: want 1..100", c.Rise)
+	}
+	return nil
+}
+
+// probe runs the check once. A tcp check connects to the VIP, which is local
+// on the node, so it tests the service exactly where clients reach it.
+func (c Check) probe(ctx context.Context, vip netip.Addr) error {
+	timeout := c.Timeout
+	if timeout == 0 {
+		timeout = c.Interval
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	switch c.Kind {
+	case "tcp":
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp4", net.JoinHostPort(vip.String(), c.Target))
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	case "http":
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http:"+c.Target, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 400 {
+			return fmt.Errorf("HTTP %s", resp.Status)
+		}
+		return nil
+	case "exec":
+		out, err := exec.CommandContext(ctx, "sh", "-c", c.Target).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown check kind %q", c.Kind)
+}
+
+// Run checks until ctx ends and calls report on every change of health,
+// starting healthy: a node is not sick until its check has failed Fall
+// times in a row.
+func (c Check) Run(ctx context.Context, vip netip.Addr, report func(healthy bool, err error)) {
+	healthy, streak := true, 0
+	t := time.NewTicker(c.Interval)
+	defer t.Stop()
+	for {
+		err := c.probe(ctx, vip)
+		if ctx.Err() != nil {
+			return
+		}
+		if (err == nil) == healthy {
+			streak = 0
+		} else {
+			streak++
+			if (healthy && streak >= c.Fall) || (!healthy && streak >= c.Rise) {
+				healthy, streak = !healthy, 0
+				report(healthy, err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,122 @@
+package membership
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"sort"
+
+	"github.com/clusterip/clusterip/nodeset"
+)
+
+// Member is one node as the local node sees it.
+type Member struct {
+	Name     string
+	Addr     string
+	State    string // alive, suspect (both still count as alive), dead, left
+	Clusters []ClusterState
+	// Pending is a member that has not said anything about its clusters
+	// yet: it just started. Until it does, nobody can know what it serves.
+	Pending bool
+}
+
+// Cluster returns the member's state for vip.
+func (m Member) Cluster(vip netip.Addr) (ClusterState, bool) {
+	for _, c := range m.Clusters {
+		if c.VIP == vip {
+			return c, true
+		}
+	}
+	return ClusterState{}, false
+}
+
+// Live tells whether the member is up as far as the cluster is concerned.
+// A suspect member still counts: memberlist's suspicion timeout is the time
+// to prove it dead, and moving its numbers before then would flap on every
+// lost probe.
+func (m Member) Live() bool { return m.State == "alive" || m.State == "suspect" }
+
+// Assign returns the member name that should serve each node number
+// 1..total of the cluster vip (index 0 unused), computed only from members,
+// so every node that sees the same members reaches the same answer:
+//
+//   - a number goes to its home (the live member whose Home holds it) while
+//     that member is available (not draining, healthy);
+//   - otherwise to one available live member chosen by rendezvous hashing
+//     over (member, VIP, number), so the numbers of a failed node spread
+//     evenly over the survivors and move back when it returns;
+//   - with no available member left, to its home if live, else by rendezvous
+//     over all live members: serving while sick beats a black hole.
+//
+// If two live members claim the same home number, the lexically first name
+// wins. A member never gets a number it Excludes. Members without vip take
+// no part.
+func Assign(vip netip.Addr, total int, members []Member) []string {
+	out := make([]string, total+1)
+	type candidate struct {
+		name  string
+		state ClusterState
+	}
+	var live []candidate
+	for _, m := range members {
+		if c, ok := m.Cluster(vip); ok && m.Live() {
+			live = append(live, candidate{m.Name, c})
+		}
+	}
+	sort.Slice(live, func(i, j int) bool { return live[i].name < live[j].name })
+	for n := 1; n <= total; n++ {
+		var home string
+		homeAvailable := false
+		var available, any []string
+		for _, c := range live {
+			if c.state.Excluded.Contains(n) {
+				continue
+			}
+			any = append(any, c.name)
+			if c.state.Available() {
+				available = append(available, c.name)
+			}
+			if home == "" && c.state.Home.Contains(n) {
+				home, homeAvailable = c.name, c.state.Available()
+			}
+		}
+		switch {
+		case homeAvailable:
+			out[n] = home
+		case len(available) > 0:
+			out[n] = rendezvous(vip, n, available)
+		case home != "":
+			out[n] = home
+		case len(any) > 0:
+			out[n] = rendezvous(vip, n, any)
+		}
+	}
+	return out
+}
+
+// rendezvous picks the candidate with the highest score for (vip, n):
+// highest-random-weight hashing, so removing one candidate moves only the
+// numbers it held.
+func rendezvous(vip netip.Addr, n int, candidates []string) string {
+	best, bestScore := "", uint64(0)
+	v := vip.As4()
+	for _, c := range candidates {
+		h := fnv.New64a()
+		h.Write([]byte(c))
+		h.Write([]byte{0, v[0], v[1], v[2], v[3], byte(n)})
+		if s := h.Sum64(); best == "" || s > bestScore {
+			best, bestScore = c, s
+		}
+	}
+	return best
+}
+
+// Numbers returns the numbers assigned to name in an Assign result.
+func Numbers(assigned []string, name string) nodeset.NodeSet {
+	var s nodeset.NodeSet
+	for n, who := range assigned {
+		if n > 0 && who == name {
+			s = s.Add(n)
+		}
+	}
+	return s
+}

@@ -1,0 +1,310 @@
+package membership
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefaultPort is the gossip port (TCP and UDP) when --gossip-port is not set.
+const DefaultPort = 7946
+
+// Config is how this node joins the membership.
+type Config struct {
+	Name  string     // unique per node; defaults to the host name
+	Bind  netip.Addr // address to gossip on and advertise
+	Port  int
+	Peers []string // host or host:port of nodes to join; unreachable ones are retried
+	Key   []byte   // shared gossip key; nil only with Insecure
+	// Insecure allows gossip without encryption or authentication.
+	Insecure bool
+	Log      *slog.Logger
+}
+
+// Timing, tuned for a LAN of up to 64 nodes so that a dead node is declared
+// dead within about a second: a node is probed every 150 ms by someone,
+// a probe that gets no ack within 80 ms (nor through 3 indirect probes and a
+// TCP fallback before the next interval) makes it suspect, and suspicion
+// lasts 2 × max(1, log10(n)) × 150 ms: 300 ms up to 10 nodes, 540 ms at 64.
+// SuspicionMaxTimeoutMult 2 bounds how long missing confirmations can stretch
+// that. Gossip every 30 ms to 3 nodes spreads a death or a metadata change
+// in a few tens of milliseconds.
+func tune(c *memberlist.Config) {
+	c.ProbeInterval = 150 * time.Millisecond
+	c.ProbeTimeout = 80 * time.Millisecond
+	c.IndirectChecks = 3
+	c.SuspicionMult = 2
+	c.SuspicionMaxTimeoutMult = 2
+	c.AwarenessMaxMultiplier = 2
+	c.GossipInterval = 30 * time.Millisecond
+	c.GossipNodes = 3
+	c.RetransmitMult = 4
+	c.PushPullInterval = 5 * time.Second
+	c.TCPTimeout = time.Second
+	c.GossipToTheDeadTime = 5 * time.Second
+	c.DeadNodeReclaimTime = time.Second
+}
+
+// Membership is this node's view of the cluster of daemons.
+type Membership struct {
+	ml   *memberlist.Memberlist
+	name string
+	log  *slog.Logger
+
+	mu   sync.Mutex
+	meta []byte
+	gone map[string]Member // dead or left members, for status
+
+	changes chan struct{}
+	msgs    chan []byte
+	done    chan struct{}
+	joined  atomic.Bool
+}
+
+// Start joins the membership. It returns once this node is up, even if no
+// peer answered yet: peers are retried in the background, so nodes can start
+// in any order.
+func Start(cfg Config) (*Membership, error) {
+	if cfg.Key == nil && !cfg.Insecure {
+		return nil, fmt.Errorf("membership: no gossip key (--gossip-key FILE; or --gossip-insecure to run without encryption)")
+	}
+	if !cfg.Bind.Is4() {
+		return nil, fmt.Errorf("membership: bind address %s is not IPv4", cfg.Bind)
+	}
+	m := &Membership{
+		name:    cfg.Name,
+		log:     cfg.Log,
+		gone:    map[string]Member{},
+		changes: make(chan struct{}, 1),
+		msgs:    make(chan []byte, 64),
+		done:    make(chan struct{}),
+	}
+	c := memberlist.DefaultLANConfig()
+	tune(c)
+	c.Name = cfg.Name
+	c.BindAddr = cfg.Bind.String()
+	c.BindPort = cfg.Port
+	c.AdvertiseAddr = cfg.Bind.String()
+	c.AdvertisePort = cfg.Port
+	c.SecretKey = cfg.Key
+	c.GossipVerifyIncoming = cfg.Key != nil
+	c.GossipVerifyOutgoing = cfg.Key != nil
+	c.Delegate = (*delegate)(m)
+	c.Events = (*events)(m)
+	c.Logger = log.New(&slogWriter{cfg.Log}, "", 0)
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		return nil, fmt.Errorf("membership: %w", err)
+	}
+	m.ml = ml
+	go m.join(cfg.Peers, cfg.Port)
+	return m, nil
+}
+
+// join keeps trying the configured peers that are not live members: a node
+// that starts first has nobody to join yet, and after a partition the two
+// sides have declared each other dead and would never speak again.
+func (m *Membership) join(peers []string, port int) {
+	addrs := make([]string, 0, len(peers))
+	for _, p := range peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			p = net.JoinHostPort(p, strconv.Itoa(port))
+		}
+		addrs = append(addrs, p)
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for len(addrs) > 0 {
+		live := map[string]bool{}
+		for _, n := range m.ml.Members() {
+			live[n.Address()] = true
+		}
+		var missing []string
+		for _, a := range addrs {
+			if !live[a] {
+				missing = append(missing, a)
+			}
+		}
+		if len(missing) > 0 {
+			if _, err := m.ml.Join(missing); err != nil {
+				m.log.Debug("join", "peers", missing, "err", err)
+			}
+		}
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Joined tells whether this node has met another member since it started.
+func (m *Membership) Joined() bool { return m.joined.Load() }
+
+// Name is this node's member name.
+func (m *Membership) Name() string { return m.name }
+
+// Changes signals (coalesced) whenever a member joins, leaves, fails or
+// changes its metadata.
+func (m *Membership) Changes() <-chan struct{} { return m.changes }
+
+// Messages delivers direct messages from other members.
+func (m *Membership) Messages() <-chan []byte { return m.msgs }
+
+func (m *Membership) notify() {
+	select {
+	case m.changes <- struct{}{}:
+	default:
+	}
+}
+
+// Publish sets this node's cluster states and gossips them.
+func (m *Membership) Publish(states []ClusterState) error {
+	meta, err := EncodeMeta(states)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	same := bytes.Equal(meta, m.meta)
+	m.meta = meta
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := m.ml.UpdateNode(time.Second); err != nil {
+		return fmt.Errorf("membership: publish: %w", err)
+	}
+	return nil
+}
+
+// Send sends a direct message to a member, best effort.
+func (m *Membership) Send(name string, msg []byte) error {
+	for _, n := range m.ml.Members() {
+		if n.Name == name {
+			return m.ml.SendBestEffort(n, msg)
+		}
+	}
+	return fmt.Errorf("membership: no member %q", name)
+}
+
+// Members returns every member known, this node included, live ones and
+// those seen dead or gone, sorted by name.
+func (m *Membership) Members() []Member {
+	var out []Member
+	seen := map[string]bool{}
+	for _, n := range m.ml.Members() {
+		out = append(out, m.member(n))
+		seen[n.Name] = true
+	}
+	m.mu.Lock()
+	for name, g := range m.gone {
+		if !seen[name] {
+			out = append(out, g)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (m *Membership) member(n *memberlist.Node) Member {
+	mem := Member{Name: n.Name, Addr: n.Address(), State: stateName(n.State), Pending: len(n.Meta) == 0}
+	clusters, err := DecodeMeta(n.Meta)
+	if err != nil {
+		m.log.Warn("member metadata", "member", n.Name, "err", err)
+	}
+	mem.Clusters = clusters
+	return mem
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Leave tells the others this node is going, so they take over at once
+// instead of waiting to detect a failure, then stops.
+func (m *Membership) Leave() error {
+	close(m.done)
+	err := m.ml.Leave(time.Second)
+	if serr := m.ml.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+type delegate Membership
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]byte(nil), d.meta...)
+}
+
+func (d *delegate) NotifyMsg(b []byte) {
+	select {
+	case d.msgs <- append([]byte(nil), b...):
+	default:
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type events Membership
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	if n.Name != e.name {
+		e.joined.Store(true)
+	}
+	e.mu.Lock()
+	delete(e.gone, n.Name)
+	e.mu.Unlock()
+	e.log.Info("member joined", "member", n.Name, "addr", n.Address())
+	(*Membership)(e).notify()
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	m := (*Membership)(e)
+	g := m.member(n)
+	g.Clusters = nil
+	e.mu.Lock()
+	e.gone[n.Name] = g
+	e.mu.Unlock()
+	e.log.Info("member gone", "member", n.Name, "state", g.State)
+	m.notify()
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) { (*Membership)(e).notify() }
+
+// slogWriter passes memberlist's log lines to slog at debug level; its
+// warnings about failed probes are the normal business of failure detection.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug(string(bytes.TrimSpace(p)), "component", "memberlist")
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)

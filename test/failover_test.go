@@ -1,0 +1,358 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterip/clusterip/internal/lab"
+)
+
+// newFailoverCluster is newCluster with heartbeats: every daemon joins the
+// others with a shared gossip key. extra is added to every `new`.
+func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{Lab: newLab(t, nodes, false), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
+	key := filepath.Join(c.Dir, "gossip.key")
+	out, err := run(clusterctl, "genkey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range c.Nodes {
+		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name, "--tcp", ":80", "--udp", ":7",
+			"--health-file", c.healthFile(h)); err != nil {
+			t.Fatal(err)
+		}
+		c.startFailoverDaemon(h, key, i+1, extra...)
+	}
+	c.waitHome()
+	return c
+}
+
+func (c *cluster) peers() string {
+	var p []string
+	for _, h := range c.Nodes {
+		p = append(p, h.Addr.String())
+	}
+	return strings.Join(p, ",")
+}
+
+func (c *cluster) healthFile(h *lab.Host) string { return filepath.Join(c.Dir, "down-"+h.Name) }
+
+// startFailoverDaemon starts h's daemon with membership and creates the
+// cluster with home number k, through a config file as a node would at boot.
+func (c *cluster) startFailoverDaemon(h *lab.Host, key string, k int, extra ...string) {
+	c.t.Helper()
+	conf := filepath.Join(c.Dir, h.Name+".conf")
+	line := fmt.Sprintf("new --vip %s --interface eth0 --hashmode %s --total-nodes %d --local-node %d %s\n",
+		lab.VIP, c.mode, len(c.Nodes), k, strings.Join(extra, " "))
+	if err := os.WriteFile(conf, []byte(line), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	p, err := c.StartDaemon(h, "--config", conf, "--peers", c.peers(), "--gossip-key", key, "--node-name", h.Name)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.daemons[h.Name] = p
+}
+
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).Output()
+	return string(out), err
+}
+
+// serving reads h's control file: the numbers it answers for now.
+func (c *cluster) serving(h *lab.Host) string {
+	b, err := os.ReadFile(c.ControlFile(h))
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (c *cluster) servingAll() string {
+	var s []string
+	for _, h := range c.Nodes {
+		s = append(s, h.Name+"="+c.serving(h))
+	}
+	return strings.Join(s, " ")
+}
+
+// waitFor polls until the nodes serve exactly want (e.g. "n1=1 n2=2 n3=3").
+func (c *cluster) waitFor(timeout time.Duration, want string) {
+	c.t.Helper()
+	eventually(c.t, timeout, "serving "+want, func() (bool, string) {
+		got := c.servingAll()
+		return got == want, got
+	})
+}
+
+func (c *cluster) waitHome() {
+	c.t.Helper()
+	var want []string
+	for i, h := range c.Nodes {
+		want = append(want, fmt.Sprintf("%s=%d", h.Name, i+1))
+	}
+	c.waitFor(10*time.Second, strings.Join(want, " "))
+}
+
+// longConn is a long-lived TCP connection from the client to the VIP's echo
+// service.
+type longConn struct {
+	conn   net.Conn
+	r      *bufio.Reader
+	port   int
+	server string // who answered first
+}
+
+func (c *cluster) dialLong(port int) (*longConn, error) {
+	var conn net.Conn
+	err := inNetns(c.Client.NS, func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: lab.ClientAddr.AsSlice(), Port: port}, Timeout: 2 * time.Second}
+		var err error
+		conn, err = d.Dial("tcp4", net.JoinHostPort(lab.VIP.String(), "7"))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	l := &longConn{conn: conn, r: bufio.NewReader(conn), port: port}
+	c.t.Cleanup(func() { conn.Close() })
+	l.server, err = l.exchange("hello")
+	return l, err
+}
+
+// exchange sends a line and returns the name of the node that echoed it.
+func (l *longConn) exchange(msg string) (string, error) {
+	l.conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintln(l.conn, msg); err != nil {
+		return "", err
+	}
+	line, err := l.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	name, got, _ := strings.Cut(strings.TrimSpace(line), " ")
+	if got != msg {
+		return "", fmt.Errorf("echo %q for %q", got, msg)
+	}
+	return name, nil
+}
+
+// openLong opens count long-lived connections from ports hashing to node k.
+func (c *cluster) openLong(k, count, base int) []*longConn {
+	c.t.Helper()
+	var out []*longConn
+	for port := base; len(out) < count && port < base+2000; port++ {
+		if predict(c.t, c.mode, len(c.Nodes), lab.ClientAddr.String(), port, 7) != k {
+			continue
+		}
+		l, err := c.dialLong(port)
+		if err != nil {
+			c.t.Fatalf("long-lived connection from port %d: %v", port, err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// checkLong exchanges a line on each connection; each must still be served
+// by the node that served it first.
+func checkLong(t *testing.T, what string, conns []*longConn) {
+	t.Helper()
+	for _, l := range conns {
+		got, err := l.exchange("still there?")
+		if err != nil {
+			t.Errorf("%s: connection from port %d (served by %s) broke: %v", what, l.port, l.server, err)
+		} else if got != l.server {
+			t.Errorf("%s: connection from port %d moved from %s to %s", what, l.port, l.server, got)
+		}
+	}
+}
+
+// probeOK opens connections and checks each is served by the node whose
+// control file holds its number.
+func (c *cluster) probeOK(what string, count int) map[string]int {
+	c.t.Helper()
+	res, err := c.ProbeFrom(context.Background(), c.Client, count, 2*time.Second)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	served := map[string]int{}
+	for _, r := range res {
+		if r.Err != nil {
+			c.t.Errorf("%s: connection from port %d failed: %v", what, r.LocalPort, r.Err)
+			continue
+		}
+		served[r.Node]++
+	}
+	return served
+}
+
+// kill -9 of a daemon: the survivors take its number at once; clients of
+// the dead node are reset at their next packet; when it comes back its
+// number goes home, and connections the survivors opened meanwhile stay.
+func TestFailoverKillAndReturn(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	onN3 := c.openLong(3, 3, 44000)
+	if err := c.daemons["n3"].Stop(syscall.SIGKILL, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "survivors take node 3", func() (bool, string) {
+		s := c.serving(c.Nodes[0]) + "," + c.serving(c.Nodes[1])
+		return strings.Count(s, "3") == 1 && strings.Contains(s, "1") && strings.Contains(s, "2"), c.servingAll()
+	})
+	for _, l := range onN3 {
+		if _, err := l.exchange("after the crash"); err == nil || !strings.Contains(err.Error(), "reset") {
+			t.Errorf("connection from port %d to the dead node: %v, want a reset", l.port, err)
+		}
+	}
+	if served := c.probeOK("after takeover", 30); served["n3"] != 0 {
+		t.Errorf("dead n3 served %d connections", served["n3"])
+	}
+	during := c.openLong(3, 3, 45000)
+	for _, l := range during {
+		if l.server == "n3" {
+			t.Fatalf("connection during the outage served by dead n3")
+		}
+	}
+
+	c.startFailoverDaemon(c.Nodes[2], filepath.Join(c.Dir, "gossip.key"), 3)
+	c.waitHome()
+	checkLong(t, "after n3 returned", during)
+	after := c.openLong(3, 2, 46000)
+	for _, l := range after {
+		if l.server != "n3" {
+			t.Errorf("new connection for node 3 after return served by %s, want n3", l.server)
+		}
+	}
+	out := c.ctl(c.Nodes[0], "status")
+	if !strings.Contains(out, "n3") || !strings.Contains(out, "alive") {
+		t.Errorf("status does not show n3 alive:\n%s", out)
+	}
+}
+
+// Drain hands the numbers away for new connections while the node keeps
+// serving the ones it has; resume takes them back, and connections the
+// others opened meanwhile stay with them.
+func TestDrainAndResumeKeepConnections(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	before := c.openLong(1, 4, 47000)
+	c.ctl(n1, "drain", lab.VIP.String())
+	eventually(t, 5*time.Second, "n1 drained", func() (bool, string) {
+		return c.serving(n1) == "", c.servingAll()
+	})
+	checkLong(t, "during drain", before)
+	if out := c.ctl(n1, "status"); !strings.Contains(out, "draining") {
+		t.Errorf("status does not show n1 draining:\n%s", out)
+	}
+	during := c.openLong(1, 3, 48000)
+	for _, l := range during {
+		if l.server == "n1" {
+			t.Errorf("new connection during drain served by draining n1")
+		}
+	}
+	if served := c.probeOK("during drain", 30); served["n1"] != 0 {
+		t.Errorf("draining n1 took %d new connections", served["n1"])
+	}
+	c.ctl(n1, "resume", lab.VIP.String())
+	c.waitHome()
+	checkLong(t, "after resume (opened before drain)", before)
+	checkLong(t, "after resume (opened during drain)", during)
+	c.probeOK("after resume", 30)
+}
+
+// A failing health check makes the node hand its numbers away; recovery
+// brings them back.
+func TestHealthCheckMovesNumbers(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport",
+		"--check", "http://127.0.0.1/health", "--check-interval", "100ms", "--check-fall", "2", "--check-rise", "2")
+	n2 := c.Nodes[1]
+	kept := c.openLong(2, 2, 49000)
+	if err := os.WriteFile(c.healthFile(n2), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "sick n2 gives up node 2", func() (bool, string) {
+		return c.serving(n2) == "", c.servingAll()
+	})
+	if out := c.ctl(n2, "status"); !strings.Contains(out, "unhealthy") {
+		t.Errorf("status does not show n2 unhealthy:\n%s", out)
+	}
+	checkLong(t, "while n2 is unhealthy", kept)
+	c.probeOK("while n2 is unhealthy", 20)
+	os.Remove(c.healthFile(n2))
+	c.waitHome()
+}
+
+// A node with the wrong gossip key can neither join nor move a number: it
+// serves nothing, and the others serve its number.
+func TestWrongGossipKeyKeptOut(t *testing.T) {
+	c := &cluster{Lab: newLab(t, 3, false), t: t, mode: "sourceip", daemons: map[string]*lab.Proc{}}
+	good, bad := filepath.Join(c.Dir, "good.key"), filepath.Join(c.Dir, "bad.key")
+	for _, f := range []string{good, bad} {
+		k, err := run(clusterctl, "genkey")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(f, []byte(k), 0o600)
+	}
+	for i, h := range c.Nodes {
+		key := good
+		if h.Name == "n3" {
+			key = bad
+		}
+		c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name)
+		c.startFailoverDaemon(h, key, i+1)
+	}
+	eventually(t, 10*time.Second, "n1 and n2 serve everything", func() (bool, string) {
+		s := c.servingAll()
+		return (s == "n1=1,3 n2=2 n3=" || s == "n1=1 n2=2,3 n3="), s
+	})
+	time.Sleep(2 * time.Second) // give the outsider time to do harm
+	if s := c.servingAll(); s != "n1=1,3 n2=2 n3=" && s != "n1=1 n2=2,3 n3=" {
+		t.Errorf("with a wrong key on n3: %s", s)
+	}
+	out := c.ctl(c.Nodes[0], "status")
+	if strings.Contains(out, "n3 ") {
+		t.Errorf("n3 with a wrong key is a member:\n%s", out)
+	}
+}
+
+// During a partition each side serves every number it can see is orphaned,
+// so no number goes unserved; when the partition heals the duplicates end
+// and numbers go home.
+func TestPartitionHeals(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n3 := c.Nodes[2]
+	cut := func(op string) {
+		for _, pair := range [][2]*lab.Host{{n3, c.Nodes[0]}, {n3, c.Nodes[1]}, {c.Nodes[0], n3}, {c.Nodes[1], n3}} {
+			if _, err := c.Run(pair[0], "ip", "route", op, "blackhole", pair[1].Addr.String()+"/32"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cut("add")
+	eventually(t, 5*time.Second, "both sides serve every number", func() (bool, string) {
+		a := map[string]bool{}
+		for _, h := range c.Nodes[:2] {
+			for _, n := range strings.Split(c.serving(h), ",") {
+				a[n] = true
+			}
+		}
+		return c.serving(n3) == "1,2,3" && a["1"] && a["2"] && a["3"] && len(a) == 3, c.servingAll()
+	})
+	cut("del")
+	c.waitFor(15*time.Second, "n1=1 n2=2 n3=3")
+}
