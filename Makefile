@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/clusterctl
 PKGS    := ./...
 
-.PHONY: all build demo test unit e2e vet fmt fuzz clean
+.PHONY: all build demo test unit e2e vet fmt fuzz clean bench-failover
 
 all: build
 
@@ -38,3 +38,7 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# Failover, drain, health check and rejoin under load, in a lab (root).
+bench-failover: build
+	./$(BIN) lab-bench-failover

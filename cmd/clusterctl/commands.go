@@ -14,8 +14,8 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
-	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/internal/lab"
+	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/spf13/cobra"
 )
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/signal"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 // inside the lab's namespaces: a server and a probing client.
 func labCommands() []*cobra.Command {
 	var name, tcpAddr, udpAddr, healthFile string
+	var grace time.Duration
 	serve := &cobra.Command{
 		Use:    "lab-serve",
 		Hidden: true,
@@ -22,13 +24,14 @@ func labCommands() []*cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return lab.Serve(ctx, name, tcpAddr, udpAddr, healthFile)
+			return lab.Serve(ctx, name, tcpAddr, udpAddr, healthFile, grace)
 		},
 	}
 	serve.Flags().StringVar(&name, "name", "", "name to answer with")
 	serve.Flags().StringVar(&tcpAddr, "tcp", ":80", "HTTP listen address")
 	serve.Flags().StringVar(&udpAddr, "udp", ":7", "echo listen address, UDP and TCP")
 	serve.Flags().StringVar(&healthFile, "health-file", "", "/health fails while this file exists")
+	serve.Flags().DurationVar(&grace, "grace", 0, "on SIGTERM, fail /health and keep serving this long, then let open connections finish")
 
 	var addr string
 	var count int
@@ -46,5 +49,38 @@ func labCommands() []*cobra.Command {
 	probe.Flags().StringVar(&addr, "addr", "", "host:port to connect to")
 	probe.Flags().IntVar(&count, "count", 1, "connections to open")
 	probe.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per-connection timeout")
-	return []*cobra.Command{serve, probe}
+	var cfg lab.LoadConfig
+	load := &cobra.Command{
+		Use:    "lab-load",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := lab.RunLoad(context.Background(), cfg)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+		},
+	}
+	load.Flags().StringVar(&cfg.Addr, "addr", lab.VIP.String(), "VIP")
+	load.Flags().IntVar(&cfg.HTTPPort, "http-port", 80, "HTTP port")
+	load.Flags().IntVar(&cfg.EchoPort, "echo-port", 7, "echo port")
+	load.Flags().DurationVar(&cfg.NewEvery, "new-every", 10*time.Millisecond, "time between new connections")
+	load.Flags().IntVar(&cfg.Long, "long", 24, "long-lived connections")
+	load.Flags().DurationVar(&cfg.LongEvery, "long-every", 100*time.Millisecond, "time between exchanges on each long-lived connection")
+	load.Flags().DurationVar(&cfg.Duration, "duration", 8*time.Second, "how long")
+	load.Flags().StringVar(&cfg.Iface, "iface", "eth0", "interface to watch replies on")
+
+	bench := &cobra.Command{
+		Use:    "lab-bench-failover",
+		Short:  "Measure failover, drain, health-check and rejoin under load in a lab",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return lab.BenchFailover(ctx, cmd.OutOrStdout())
+		},
+	}
+	return []*cobra.Command{serve, probe, load, bench}
 }

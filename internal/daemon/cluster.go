@@ -21,10 +21,10 @@ type cluster struct {
 	log  *slog.Logger
 	kick func() // asks the failover loop to reconcile now
 
-	mu          sync.Mutex // serializes control-file writes and failover state
-	fo          *failover  // nil without membership: the control file is the whole truth
-	stopChecks  func()
-	lastCheck   string // why the health check last changed its mind
+	mu         sync.Mutex // serializes control-file writes and failover state
+	fo         *failover  // nil without membership: the control file is the whole truth
+	stopChecks func()
+	lastCheck  string // why the health check last changed its mind
 }
 
 // Contents is the control file's text: the node numbers held, as the

@@ -65,19 +65,19 @@ type counters struct {
 
 // Datapath is one running cluster on this node.
 type Datapath struct {
-	cfg   Config
-	vip   [4]byte
-	ifi   *net.Interface
-	sock  *captureSocket
-	tap   *tapDevice
+	cfg    Config
+	vip    [4]byte
+	ifi    *net.Interface
+	sock   *captureSocket
+	tap    *tapDevice
 	owner  Owner
 	policy atomic.Pointer[Policy]
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
 	now    atomic.Int64 // coarse clock for flow timestamps, set by the sweeper
 	frags  *fragTable
-	stats counters
-	log   *slog.Logger
+	stats  counters
+	log    *slog.Logger
 
 	wg        sync.WaitGroup
 	closing   atomic.Bool

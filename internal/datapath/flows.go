@@ -32,6 +32,7 @@ type flow struct {
 	node     uint8 // the number the flow hashes to
 	foreign  bool  // seen while another node served its number: that node's
 	closing  bool
+	opened   bool // a packet other than a SYN was seen: somebody answered the SYN
 }
 
 // flowTable remembers the connections this node serves, so that it keeps

@@ -33,6 +33,7 @@ type packetFlow struct {
 	node   int
 	key    flowKey
 	opens  bool // may start a connection: a TCP SYN, or any packet of a connectionless protocol
+	syn    bool // a TCP SYN without ACK
 	closes bool // a TCP FIN or RST
 }
 
@@ -63,7 +64,8 @@ func (o *Owner) flow(p *ipv4Packet) packetFlow {
 	}
 	if p.proto == protoTCP {
 		flags := tcpFlags(p.l4)
-		f.opens = flags&(tcpFlagSYN|tcpFlagACK) == tcpFlagSYN
+		f.syn = flags&(tcpFlagSYN|tcpFlagACK) == tcpFlagSYN
+		f.opens = f.syn
 		f.closes = flags&(tcpFlagFIN|tcpFlagRST) != 0
 	}
 	return f
@@ -99,9 +101,12 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 // (automatic failover), a number can be moving between nodes, and the rule
 // keeps each connection on the node that has it:
 //
-//  1. a connection this node serves stays here, whatever its number;
+//  1. a connection this node serves stays here, whatever its number (a SYN
+//     on a connection past its handshake is a new connection on a reused
+//     port, and is judged afresh);
 //  2. a connection another node had while its number moved here stays
-//     there while that node is alive and holds the number's flows;
+//     there while that node is alive and holds the number's flows, unless
+//     it never got past its SYN: a retransmitted SYN means nobody answered;
 //  3. while a number is about to move here, its connections are noted as
 //     the other node's, and not answered;
 //  4. otherwise a packet is answered if its number is served here, except
@@ -123,25 +128,32 @@ func (d *Datapath) accept(p *ipv4Packet) bool {
 	if e, ok := t.m[f.key]; ok {
 		e.lastSeen = now
 		e.closing = e.closing || f.closes
+		e.opened = e.opened || (f.key.proto == protoTCP && !f.syn)
 		switch {
+		case f.syn && e.opened:
+			// A SYN on a connection that got past its handshake: the
+			// client reuses the port for a new connection.
 		case !e.foreign:
 			t.m[f.key] = e
 			return true
+		case f.syn && !pol.Observe.Contains(f.node):
+			// A SYN again, and nothing else ever: nobody answered the
+			// first one (it came between a release and the takeover).
 		case pol.Guarded.Contains(f.node) || pol.Observe.Contains(f.node):
 			t.m[f.key] = e
 			return false
 		}
-		delete(t.m, f.key) // its holder let go: judge it afresh
+		delete(t.m, f.key) // judge it afresh
 	}
 	switch {
 	case pol.Observe.Contains(f.node):
-		t.add(f.key, flow{lastSeen: now, node: uint8(f.node), foreign: true})
+		t.add(f.key, flow{lastSeen: now, node: uint8(f.node), foreign: true, opened: f.key.proto == protoTCP && !f.syn})
 		return false
 	case !pol.Serve.Contains(f.node):
 		return false
 	case pol.Guarded.Contains(f.node) && !f.opens:
 		return false
 	}
-	t.add(f.key, flow{lastSeen: now, node: uint8(f.node), closing: f.closes})
+	t.add(f.key, flow{lastSeen: now, node: uint8(f.node), closing: f.closes, opened: f.key.proto == protoTCP && !f.syn})
 	return true
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -106,7 +107,13 @@ func (c Check) probe(ctx context.Context, vip netip.Addr) error {
 		}
 		return nil
 	case "exec":
-		out, err := exec.CommandContext(ctx, "sh", "-c", c.Target).CombinedOutput()
+		// The command's children go with it when the check times out: sh
+		// alone would leave them holding its output open.
+		cmd := exec.CommandContext(ctx, "sh", "-c", c.Target)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = 100 * time.Millisecond
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,7 +21,12 @@ import (
 // fails while healthFile exists), and on echoAddr a UDP service answering
 // each datagram with "NAME LEN" and a TCP service answering each line with
 // "NAME LINE", for long-lived connections.
-func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string) error {
+//
+// When ctx ends, the service stops as a well-behaved one does: its health
+// check fails at once, it keeps serving for grace so that the cluster can
+// move new clients away, then it stops accepting and lets the connections
+// it has finish.
+func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string, grace time.Duration) error {
 	ln, err := net.Listen("tcp4", httpAddr)
 	if err != nil {
 		return err
@@ -35,9 +42,15 @@ func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string) err
 		pc.Close()
 		return err
 	}
-	go serveEcho(echo, name)
+	var conns sync.WaitGroup
+	go serveEcho(echo, name, &conns)
 	mux := http.NewServeMux()
+	var stopping atomic.Bool
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if stopping.Load() {
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+			return
+		}
 		if _, err := os.Stat(healthFile); healthFile != "" && err == nil {
 			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
 			return
@@ -76,25 +89,36 @@ func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string) err
 			pc.WriteTo([]byte(fmt.Sprintf("%s %d", name, n)), from)
 		}
 	}()
-	go func() {
-		<-ctx.Done()
-		pc.Close()
-		echo.Close()
-		srv.Close()
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stopping.Store(true)
+	time.Sleep(grace)
+	pc.Close()
+	echo.Close()
+	srv.Shutdown(context.Background())
+	if grace > 0 {
+		conns.Wait()
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
 }
 
-func serveEcho(ln net.Listener, name string) {
+func serveEcho(ln net.Listener, name string, conns *sync.WaitGroup) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		conns.Add(1)
 		go func() {
+			defer conns.Done()
 			defer conn.Close()
 			r := bufio.NewScanner(conn)
 			for r.Scan() {

@@ -103,11 +103,23 @@ func rendezvous(vip netip.Addr, n int, candidates []string) string {
 		h := fnv.New64a()
 		h.Write([]byte(c))
 		h.Write([]byte{0, v[0], v[1], v[2], v[3], byte(n)})
-		if s := h.Sum64(); best == "" || s > bestScore {
+		if s := mix64(h.Sum64()); best == "" || s > bestScore {
 			best, bestScore = c, s
 		}
 	}
 	return best
+}
+
+// mix64 is splitmix64's finalizer. FNV alone barely moves the high bits for
+// a change in the last byte, so without it the order of the candidates would
+// hardly depend on the number, and one survivor would take every orphan.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // Numbers returns the numbers assigned to name in an Assign result.

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -62,20 +63,24 @@ type Membership struct {
 	name string
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	meta []byte
-	gone map[string]Member // dead or left members, for status
+	mu    sync.Mutex
+	meta  []byte
+	nodes map[string]Member // every member seen, copied in memberlist's callbacks
 
 	changes chan struct{}
 	msgs    chan []byte
 	done    chan struct{}
 	joined  atomic.Bool
+	left    sync.Once
 }
 
 // Start joins the membership. It returns once this node is up, even if no
 // peer answered yet: peers are retried in the background, so nodes can start
 // in any order.
 func Start(cfg Config) (*Membership, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
 	if cfg.Key == nil && !cfg.Insecure {
 		return nil, fmt.Errorf("membership: no gossip key (--gossip-key FILE; or --gossip-insecure to run without encryption)")
 	}
@@ -85,7 +90,7 @@ func Start(cfg Config) (*Membership, error) {
 	m := &Membership{
 		name:    cfg.Name,
 		log:     cfg.Log,
-		gone:    map[string]Member{},
+		nodes:   map[string]Member{},
 		changes: make(chan struct{}, 1),
 		msgs:    make(chan []byte, 64),
 		done:    make(chan struct{}),
@@ -127,8 +132,10 @@ func (m *Membership) join(peers []string, port int) {
 	defer t.Stop()
 	for len(addrs) > 0 {
 		live := map[string]bool{}
-		for _, n := range m.ml.Members() {
-			live[n.Address()] = true
+		for _, n := range m.Members() {
+			if n.Live() {
+				live[n.Addr] = true
+			}
 		}
 		var missing []string
 		for _, a := range addrs {
@@ -190,36 +197,41 @@ func (m *Membership) Publish(states []ClusterState) error {
 
 // Send sends a direct message to a member, best effort.
 func (m *Membership) Send(name string, msg []byte) error {
-	for _, n := range m.ml.Members() {
-		if n.Name == name {
-			return m.ml.SendBestEffort(n, msg)
-		}
+	m.mu.Lock()
+	n, ok := m.nodes[name]
+	m.mu.Unlock()
+	if !ok || !n.Live() {
+		return fmt.Errorf("membership: no live member %q", name)
 	}
-	return fmt.Errorf("membership: no member %q", name)
+	addr, err := net.ResolveUDPAddr("udp", n.Addr)
+	if err != nil {
+		return fmt.Errorf("membership: member %q: %w", name, err)
+	}
+	return m.ml.SendToAddress(memberlist.Address{Addr: addr.String(), Name: name}, msg)
 }
 
 // Members returns every member known, this node included, live ones and
 // those seen dead or gone, sorted by name.
+//
+// The view is a copy kept by memberlist's event callbacks, which run under
+// memberlist's lock: the *Node values memberlist hands out are rewritten in
+// place when a member changes, so reading them later would race.
 func (m *Membership) Members() []Member {
-	var out []Member
-	seen := map[string]bool{}
-	for _, n := range m.ml.Members() {
-		out = append(out, m.member(n))
-		seen[n.Name] = true
-	}
 	m.mu.Lock()
-	for name, g := range m.gone {
-		if !seen[name] {
-			out = append(out, g)
-		}
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		out = append(out, n)
 	}
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-func (m *Membership) member(n *memberlist.Node) Member {
-	mem := Member{Name: n.Name, Addr: n.Address(), State: stateName(n.State), Pending: len(n.Meta) == 0}
+// member copies what the daemon needs of a node. memberlist v0.7 does not
+// fill Node.State (its own state field shadows it), so the state comes from
+// which callback saw the node.
+func (m *Membership) member(n *memberlist.Node, state string) Member {
+	mem := Member{Name: n.Name, Addr: n.Address(), State: state, Pending: len(n.Meta) == 0}
 	clusters, err := DecodeMeta(n.Meta)
 	if err != nil {
 		m.log.Warn("member metadata", "member", n.Name, "err", err)
@@ -228,28 +240,17 @@ func (m *Membership) member(n *memberlist.Node) Member {
 	return mem
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
-}
-
 // Leave tells the others this node is going, so they take over at once
 // instead of waiting to detect a failure, then stops.
 func (m *Membership) Leave() error {
-	close(m.done)
-	err := m.ml.Leave(time.Second)
-	if serr := m.ml.Shutdown(); err == nil {
-		err = serr
-	}
+	err := errors.New("membership: already left")
+	m.left.Do(func() {
+		close(m.done)
+		err = m.ml.Leave(time.Second)
+		if serr := m.ml.Shutdown(); err == nil {
+			err = serr
+		}
+	})
 	return err
 }
 
@@ -275,28 +276,39 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 type events Membership
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
+	m := (*Membership)(e)
+	mem := m.member(n, "alive")
+	e.mu.Lock()
+	e.nodes[n.Name] = mem
+	e.mu.Unlock()
 	if n.Name != e.name {
 		e.joined.Store(true)
 	}
-	e.mu.Lock()
-	delete(e.gone, n.Name)
-	e.mu.Unlock()
-	e.log.Info("member joined", "member", n.Name, "addr", n.Address())
-	(*Membership)(e).notify()
-}
-
-func (e *events) NotifyLeave(n *memberlist.Node) {
-	m := (*Membership)(e)
-	g := m.member(n)
-	g.Clusters = nil
-	e.mu.Lock()
-	e.gone[n.Name] = g
-	e.mu.Unlock()
-	e.log.Info("member gone", "member", n.Name, "state", g.State)
+	e.log.Info("member joined", "member", n.Name, "addr", mem.Addr)
 	m.notify()
 }
 
-func (e *events) NotifyUpdate(n *memberlist.Node) { (*Membership)(e).notify() }
+// NotifyLeave comes for a member that failed and for one that left;
+// memberlist does not say which, so both show as dead.
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	m := (*Membership)(e)
+	mem := m.member(n, "dead")
+	mem.Clusters, mem.Pending = nil, false
+	e.mu.Lock()
+	e.nodes[n.Name] = mem
+	e.mu.Unlock()
+	e.log.Info("member gone", "member", n.Name)
+	m.notify()
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	m := (*Membership)(e)
+	mem := m.member(n, "alive")
+	e.mu.Lock()
+	e.nodes[n.Name] = mem
+	e.mu.Unlock()
+	m.notify()
+}
 
 // slogWriter passes memberlist's log lines to slog at debug level; its
 // warnings about failed probes are the normal business of failure detection.

@@ -86,6 +86,9 @@ func DecodeMeta(b []byte) ([]ClusterState, error) {
 			*p = nodeset.NodeSet(binary.BigEndian.Uint64(b[4+8*i:]))
 		}
 		flags := b[stateLen-1]
+		if flags&^(flagDraining|flagUnhealthy) != 0 {
+			return nil, fmt.Errorf("membership: unknown flags %#x (a newer version's metadata needs a new version byte)", flags)
+		}
 		s.Draining = flags&flagDraining != 0
 		s.Unhealthy = flags&flagUnhealthy != 0
 		out = append(out, s)

@@ -1,0 +1,361 @@
+package membership_test
+
+import (
+	"bytes"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/clusterip/clusterip/internal/membership"
+	"github.com/clusterip/clusterip/nodeset"
+)
+
+// stateLen is the wire size of one ClusterState: 4 bytes of VIP, five
+// 64-bit sets and a flags byte. The format is part of the gossip protocol,
+// so the test pins it rather than reading it from the package.
+const stateLen = 4 + 5*8 + 1
+
+func set(t testing.TB, nodes ...int) nodeset.NodeSet {
+	t.Helper()
+	s, err := nodeset.Of(nodes...)
+	if err != nil {
+		t.Fatalf("nodeset.Of(%v): %v", nodes, err)
+	}
+	return s
+}
+
+func TestClusterStateAvailable(t *testing.T) {
+	for _, tc := range []struct {
+		draining, unhealthy, want bool
+	}{
+		{false, false, true},
+		{true, false, false},
+		{false, true, false},
+		{true, true, false},
+	} {
+		c := membership.ClusterState{Draining: tc.draining, Unhealthy: tc.unhealthy}
+		if got := c.Available(); got != tc.want {
+			t.Errorf("Available() with Draining=%v Unhealthy=%v = %v, want %v", tc.draining, tc.unhealthy, got, tc.want)
+		}
+	}
+}
+
+func TestMaxClusters(t *testing.T) {
+	// memberlist carries at most 512 bytes of metadata; one version byte,
+	// then whole clusters.
+	if want := (512 - 1) / stateLen; membership.MaxClusters != want {
+		t.Fatalf("MaxClusters = %d, want %d", membership.MaxClusters, want)
+	}
+	if n := 1 + membership.MaxClusters*stateLen; n > 512 {
+		t.Fatalf("MaxClusters clusters take %d bytes, more than memberlist's 512", n)
+	}
+}
+
+func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
+	all := nodeset.NodeSet(^uint64(0))
+	full := make([]membership.ClusterState, membership.MaxClusters)
+	for i := range full {
+		full[i] = membership.ClusterState{
+			VIP:       netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}),
+			Home:      set(t, i%64+1),
+			Serving:   set(t, i%64+1, (i+7)%64+1),
+			Leaving:   set(t, (i+7)%64+1),
+			Kept:      set(t, (i+3)%64+1),
+			Excluded:  set(t, (i+5)%64+1),
+			Draining:  i%2 == 0,
+			Unhealthy: i%3 == 0,
+		}
+	}
+	tests := []struct {
+		name   string
+		states []membership.ClusterState
+	}{
+		{name: "no clusters", states: []membership.ClusterState{}},
+		{name: "zero state", states: []membership.ClusterState{{VIP: netip.IPv4Unspecified()}}},
+		{name: "one cluster", states: []membership.ClusterState{{
+			VIP:     netip.MustParseAddr("192.0.2.10"),
+			Home:    set(t, 1, 2),
+			Serving: set(t, 1, 2, 5),
+			Leaving: set(t, 5),
+		}}},
+		{name: "every set full and both flags", states: []membership.ClusterState{{
+			VIP:       netip.MustParseAddr("255.255.255.255"),
+			Home:      all,
+			Serving:   all,
+			Leaving:   all,
+			Kept:      all,
+			Excluded:  all,
+			Draining:  true,
+			Unhealthy: true,
+		}}},
+		{name: "draining only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Draining: true}}},
+		{name: "unhealthy only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Unhealthy: true}}},
+		{name: "distinct sets", states: []membership.ClusterState{{
+			VIP:      netip.MustParseAddr("10.9.8.7"),
+			Home:     set(t, 1),
+			Serving:  set(t, 2),
+			Leaving:  set(t, 3),
+			Kept:     set(t, 4),
+			Excluded: set(t, 64),
+		}}},
+		{name: "two clusters keep their order", states: []membership.ClusterState{
+			{VIP: netip.MustParseAddr("10.0.0.2"), Home: set(t, 3)},
+			{VIP: netip.MustParseAddr("10.0.0.1"), Home: set(t, 4), Unhealthy: true},
+		}},
+		{name: "MaxClusters", states: full},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := membership.EncodeMeta(tc.states)
+			if err != nil {
+				t.Fatalf("EncodeMeta: %v", err)
+			}
+			if want := 1 + len(tc.states)*stateLen; len(b) != want {
+				t.Fatalf("EncodeMeta gave %d bytes, want %d", len(b), want)
+			}
+			if len(b) > 512 {
+				t.Fatalf("EncodeMeta gave %d bytes, more than memberlist's 512", len(b))
+			}
+			if b[0] != 1 {
+				t.Fatalf("version byte %d, want 1", b[0])
+			}
+			got, err := membership.DecodeMeta(b)
+			if err != nil {
+				t.Fatalf("DecodeMeta: %v", err)
+			}
+			if len(got) != len(tc.states) {
+				t.Fatalf("DecodeMeta gave %d clusters, want %d", len(got), len(tc.states))
+			}
+			for i := range got {
+				if got[i] != tc.states[i] {
+					t.Errorf("cluster %d: got %+v, want %+v", i, got[i], tc.states[i])
+				}
+			}
+		})
+	}
+}
+
+func TestEncodeMetaLayout(t *testing.T) {
+	b, err := membership.EncodeMeta([]membership.ClusterState{{
+		VIP:       netip.MustParseAddr("192.0.2.1"),
+		Home:      set(t, 1),  // 0x...01
+		Serving:   set(t, 64), // 0x80...
+		Leaving:   set(t, 9),  // 0x...0100
+		Kept:      0,
+		Excluded:  set(t, 2),
+		Draining:  true,
+		Unhealthy: true,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{
+		1,            // version
+		192, 0, 2, 1, // VIP
+		0, 0, 0, 0, 0, 0, 0, 1, // Home, big endian
+		0x80, 0, 0, 0, 0, 0, 0, 0, // Serving
+		0, 0, 0, 0, 0, 0, 1, 0, // Leaving
+		0, 0, 0, 0, 0, 0, 0, 0, // Kept
+		0, 0, 0, 0, 0, 0, 0, 2, // Excluded
+		3, // Draining | Unhealthy
+	}
+	if !bytes.Equal(b, want) {
+		t.Fatalf("EncodeMeta =\n%v\nwant\n%v", b, want)
+	}
+}
+
+func TestDecodeMetaEmpty(t *testing.T) {
+	// A node that has not published yet has no metadata at all.
+	for _, b := range [][]byte{nil, {}} {
+		got, err := membership.DecodeMeta(b)
+		if err != nil || got != nil {
+			t.Errorf("DecodeMeta(%v) = %v, %v; want nil, nil", b, got, err)
+		}
+	}
+	// A version byte alone is a node that serves no cluster.
+	got, err := membership.DecodeMeta([]byte{1})
+	if err != nil || len(got) != 0 {
+		t.Errorf("DecodeMeta([1]) = %v, %v; want no clusters, nil", got, err)
+	}
+}
+
+func TestEncodeMetaTooManyClusters(t *testing.T) {
+	states := make([]membership.ClusterState, membership.MaxClusters+1)
+	for i := range states {
+		states[i].VIP = netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
+	}
+	b, err := membership.EncodeMeta(states)
+	if err == nil {
+		t.Fatalf("EncodeMeta(%d clusters) = %d bytes, want an error", len(states), len(b))
+	}
+	if b != nil {
+		t.Errorf("EncodeMeta returned %d bytes with its error", len(b))
+	}
+	if !strings.Contains(err.Error(), "clusters") {
+		t.Errorf("error %q does not say what is wrong", err)
+	}
+	if _, err := membership.EncodeMeta(states[:membership.MaxClusters]); err != nil {
+		t.Errorf("EncodeMeta(MaxClusters): %v", err)
+	}
+}
+
+func TestEncodeMetaNotIPv4(t *testing.T) {
+	for _, vip := range []netip.Addr{
+		{}, // the zero Addr
+		netip.MustParseAddr("2001:db8::1"),
+		netip.MustParseAddr("::ffff:10.0.0.1"), // IPv4-mapped is still IPv6
+		netip.IPv6Unspecified(),
+	} {
+		states := []membership.ClusterState{
+			{VIP: netip.MustParseAddr("10.0.0.1")},
+			{VIP: vip},
+		}
+		b, err := membership.EncodeMeta(states)
+		if err == nil {
+			t.Errorf("EncodeMeta with VIP %v = %v, want an error", vip, b)
+			continue
+		}
+		if b != nil {
+			t.Errorf("EncodeMeta with VIP %v returned bytes with its error", vip)
+		}
+		if !strings.Contains(err.Error(), "IPv4") {
+			t.Errorf("EncodeMeta with VIP %v: error %q does not mention IPv4", vip, err)
+		}
+	}
+}
+
+func TestDecodeMetaErrors(t *testing.T) {
+	good, err := membership.EncodeMeta([]membership.ClusterState{
+		{VIP: netip.MustParseAddr("10.0.0.1"), Home: 1},
+		{VIP: netip.MustParseAddr("10.0.0.2"), Home: 2},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withVersion := func(v byte) []byte {
+		b := bytes.Clone(good)
+		b[0] = v
+		return b
+	}
+	tests := []struct {
+		name string
+		b    []byte
+		want string // part of the error
+	}{
+		{"version 0", withVersion(0), "version 0"},
+		{"version 2", withVersion(2), "version 2"},
+		{"version 255", withVersion(255), "version 255"},
+		{"version 2 alone", []byte{2}, "version 2"},
+		{"one byte short", good[:len(good)-1], "whole number"},
+		{"one byte long", append(bytes.Clone(good), 0), "whole number"},
+		{"header and a partial cluster", good[:2], "whole number"},
+		{"cluster without its last byte", good[:stateLen], "whole number"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := membership.DecodeMeta(tc.b)
+			if err == nil {
+				t.Fatalf("DecodeMeta = %+v, want an error", got)
+			}
+			if got != nil {
+				t.Errorf("DecodeMeta returned %+v with its error", got)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// knownFlags are the flag bits version 1 defines: draining and unhealthy.
+const knownFlags = 0b11
+
+// TestDecodeMetaUnknownFlags: DecodeMeta promises that anything malformed
+// is an error, and the version byte exists so that format changes are
+// detected. A version-1 flags byte with bits other than draining and
+// unhealthy set is not something any version-1 encoder writes; DecodeMeta
+// silently drops those bits instead, so different metadata decodes to the
+// same state and re-encodes to different bytes.
+func TestDecodeMetaUnknownFlags(t *testing.T) {
+	b, err := membership.EncodeMeta([]membership.ClusterState{{VIP: netip.MustParseAddr("10.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for bit := 2; bit < 8; bit++ {
+		bad := bytes.Clone(b)
+		bad[len(bad)-1] |= 1 << bit
+		if got, err := membership.DecodeMeta(bad); err == nil {
+			t.Errorf("DecodeMeta with unknown flag bit %d = %+v, want an error", bit, got)
+		}
+	}
+}
+
+func FuzzDecodeMeta(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{1})
+	f.Add([]byte{0})
+	f.Add([]byte{2, 1, 2, 3})
+	for _, states := range [][]membership.ClusterState{
+		{{VIP: netip.MustParseAddr("10.0.0.1"), Home: 3, Serving: 7, Leaving: 4, Kept: 8, Excluded: 16, Draining: true}},
+		{
+			{VIP: netip.MustParseAddr("192.0.2.1"), Home: nodeset.NodeSet(^uint64(0)), Unhealthy: true},
+			{VIP: netip.MustParseAddr("192.0.2.2")},
+		},
+	} {
+		b, err := membership.EncodeMeta(states)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		f.Add(b[:len(b)-1])
+	}
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		states, err := membership.DecodeMeta(b)
+		if err != nil {
+			if states != nil {
+				t.Fatalf("DecodeMeta(%x) returned states with error %v", b, err)
+			}
+			return
+		}
+		if len(b) == 0 {
+			if states != nil {
+				t.Fatalf("DecodeMeta(empty) = %+v, want nil", states)
+			}
+			return
+		}
+		if want := (len(b) - 1) / stateLen; len(states) != want {
+			t.Fatalf("DecodeMeta(%d bytes) gave %d clusters, want %d", len(b), len(states), want)
+		}
+		for _, s := range states {
+			if !s.VIP.Is4() {
+				t.Fatalf("DecodeMeta gave non-IPv4 VIP %v", s.VIP)
+			}
+		}
+		// Whatever decodes (and fits in memberlist's metadata) encodes
+		// back to the same bytes, except for flag bits version 1 does not
+		// define, which are dropped (see TestDecodeMetaUnknownFlags).
+		again, err := membership.EncodeMeta(states)
+		if len(states) > membership.MaxClusters {
+			if err == nil {
+				t.Fatalf("EncodeMeta(%d clusters) succeeded, more than MaxClusters", len(states))
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("EncodeMeta(DecodeMeta(%x)): %v", b, err)
+		}
+		want := bytes.Clone(b)
+		for i := 1 + stateLen - 1; i < len(want); i += stateLen {
+			want[i] &= knownFlags
+		}
+		if !bytes.Equal(again, want) {
+			t.Fatalf("EncodeMeta(DecodeMeta(%x)) = %x", b, again)
+		}
+		back, err := membership.DecodeMeta(again)
+		if err != nil || !reflect.DeepEqual(back, states) {
+			t.Fatalf("second DecodeMeta = %+v, %v; want %+v", back, err, states)
+		}
+	})
+}
