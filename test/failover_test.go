@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -189,11 +190,23 @@ func (c *cluster) probeOK(what string, count int) map[string]int {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	holder := map[int]string{}
+	for _, h := range c.Nodes {
+		for _, n := range strings.Split(c.serving(h), ",") {
+			if k, err := strconv.Atoi(n); err == nil {
+				holder[k] = h.Name
+			}
+		}
+	}
 	served := map[string]int{}
 	for _, r := range res {
 		if r.Err != nil {
 			c.t.Errorf("%s: connection from port %d failed: %v", what, r.LocalPort, r.Err)
 			continue
+		}
+		k := predict(c.t, c.mode, len(c.Nodes), lab.ClientAddr.String(), r.LocalPort, 80)
+		if r.Node != holder[k] {
+			c.t.Errorf("%s: connection from port %d (node %d) served by %s; the control files say %q", what, r.LocalPort, k, r.Node, holder[k])
 		}
 		served[r.Node]++
 	}
@@ -355,4 +368,46 @@ func TestPartitionHeals(t *testing.T) {
 	})
 	cut("del")
 	c.waitFor(15*time.Second, "n1=1 n2=2 n3=3")
+}
+
+// Under automatic failover the control file still shows exactly what the
+// node answers, status agrees with it, and writes are overrides: -N takes a
+// number away from the node, +N makes it the node's own.
+func TestControlFileUnderFailover(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	write := func(h *lab.Host, cmd string) {
+		t.Helper()
+		if out, err := c.Run(h, "bash", "-c", "echo "+cmd+" > "+c.ControlFile(h)); err != nil {
+			t.Fatalf("echo %s on %s: %v %s", cmd, h.Name, err, out)
+		}
+	}
+	write(n1, "-1")
+	eventually(t, 5*time.Second, "n1 gives up 1", func() (bool, string) {
+		s := c.servingAll()
+		return c.serving(n1) == "" && (s == "n1= n2=1,2 n3=3" || s == "n1= n2=2 n3=1,3"), s
+	})
+	c.probeOK("after -1 on n1", 30)
+	if out, err := c.Run(n1, "bash", "-c", "echo -1 > "+c.ControlFile(n1)); err == nil || !strings.Contains(out, "No such file") {
+		t.Errorf("second -1: %v %q, want ENOENT", err, out)
+	}
+	write(n1, "+1")
+	c.waitHome()
+	write(n1, "+2") // n1 claims 2 too; of two homes the first name wins
+	c.waitFor(5*time.Second, "n1=1,2 n2= n3=3")
+	c.probeOK("after +2 on n1", 30)
+	for _, h := range c.Nodes {
+		st := status(t, c, h)
+		if got := st[0].Serving.String(); got != c.serving(h) {
+			t.Errorf("%s: status says serving %q, control file %q", h.Name, got, c.serving(h))
+		}
+		if h == n2 && len(st[0].Members) != 3 {
+			t.Errorf("status on n2 lists %d members, want 3: %+v", len(st[0].Members), st[0].Members)
+		}
+	}
+	write(n1, "-2")
+	c.waitHome()
+	if out, err := c.Run(n2, "bash", "-c", "echo +2 > "+c.ControlFile(n2)); err == nil || !strings.Contains(out, "Cannot allocate memory") {
+		t.Errorf("+2 on n2, whose home 2 is: %v %q, want ENOMEM", err, out)
+	}
 }
