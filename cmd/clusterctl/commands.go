@@ -53,12 +53,16 @@ func daemonCommand(socket *string) *cobra.Command {
 	var controlDir, config, bind string
 	var m daemon.MembershipOptions
 	var debug bool
+	var workers int
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground (systemd runs it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts := daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config}
+			if workers < 0 || workers > 256 {
+				return fmt.Errorf("--workers %d: want 0 (one per CPU)..256", workers)
+			}
+			opts := daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config, Workers: workers}
 			if cmd.Flags().Changed("peers") {
 				if bind != "" {
 					b, err := netip.ParseAddr(bind)
@@ -96,6 +100,7 @@ func daemonCommand(socket *string) *cobra.Command {
 	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership (default: the host name)")
 	f.DurationVar(&m.AloneAfter, "alone-after", 0, "serve every number alone if no peer was met within this time (0: never; a node that met no peer serves nothing)")
 	f.BoolVar(&debug, "debug", false, "log at debug level (includes memberlist's probes)")
+	f.IntVar(&workers, "workers", 0, "datapath readers per cluster, each with its own socket and TAP queue (0: one per CPU)")
 	return cmd
 }
 

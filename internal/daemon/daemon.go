@@ -32,6 +32,7 @@ type Options struct {
 	ControlDir string // where the control files are mounted
 	Socket     string // control socket; the host journal lives beside it
 	ConfigFile string // clusters to create at start; empty for none
+	Workers    int    // datapath readers per cluster; 0: one per CPU
 	Membership *MembershipOptions
 	Log        *slog.Logger
 }
@@ -299,7 +300,8 @@ func (d *Daemon) newCluster(s Spec) error {
 	if d.ms != nil {
 		initial = 0 // the failover loop hands out numbers once it knows who is alive
 	}
-	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig()}, initial, d.log)
+	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig(),
+		Workers: d.opts.Workers}, initial, d.log)
 	if err == nil {
 		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}}
 		if d.ms != nil {

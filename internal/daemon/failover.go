@@ -129,8 +129,6 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 		}
 	}
 
-	dropKept := f.draining && !f.drainEnd.IsZero() && now.After(f.drainEnd)
-	c.dp.SetPolicy(datapath.Policy{Serve: f.serving, Guarded: othersHold, Observe: f.observing, Track: true, DropKept: dropKept})
 	// A number just released counts as kept until a flow sweep that surely
 	// ran with the new policy has counted its flows: saying "not serving"
 	// before "keeping" would let the new owner reset them.
@@ -144,6 +142,9 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 			st.Kept = st.Kept.Add(k)
 		}
 	}
+	dropKept := f.draining && !f.drainEnd.IsZero() && now.After(f.drainEnd)
+	c.dp.SetPolicy(datapath.Policy{Serve: f.serving, Guarded: othersHold, Observe: f.observing, Keep: st.Kept &^ f.serving,
+		Track: true, DropKept: dropKept})
 	return st
 }
 

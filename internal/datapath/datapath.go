@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,12 +21,13 @@ type Config struct {
 	Interface  string
 	ClusterMAC net.HardwareAddr
 	Hash       hash.Config
+	Workers    int // readers, each with its own socket and TAP queue; 0: one per CPU
 }
 
 // Stats counts what the datapath did with the frames it captured.
 type Stats struct {
 	Owned       uint64 // IPv4 packets handed to the local stack
-	NotOwned    uint64 // IPv4 packets another node answers
+	NotOwned    uint64 // IPv4 packets that reached user space and were not answered here
 	Malformed   uint64 // frames that failed validation
 	ARPReplies  uint64
 	HeldFrags   uint64 // fragments held until their first fragment came
@@ -40,9 +42,13 @@ type Policy struct {
 	// The rest matters only with Track, for automatic failover.
 	Guarded  nodeset.NodeSet // numbers another live node serves or holds connections for
 	Observe  nodeset.NodeSet // numbers moving here: their connections are the other node's
+	Keep     nodeset.NodeSet // numbers no longer served whose connections this node keeps
 	Track    bool            // keep a flow table, so connections survive moves
 	DropKept bool            // forget connections of numbers no longer served (drain timeout)
 }
+
+// pass is the set of numbers whose packets must reach user space.
+func (p *Policy) pass() nodeset.NodeSet { return p.Serve | p.Observe | p.Keep }
 
 // FlowStats describes the flow table, as of its last sweep.
 type FlowStats struct {
@@ -59,25 +65,24 @@ type FlowStats struct {
 // connection does.
 const FlowSweepInterval = 250 * time.Millisecond
 
-type counters struct {
-	owned, notOwned, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
-}
-
 // Datapath is one running cluster on this node.
 type Datapath struct {
-	cfg    Config
-	vip    [4]byte
-	ifi    *net.Interface
-	sock   *captureSocket
-	tap    *tapDevice
-	owner  Owner
-	policy atomic.Pointer[Policy]
+	cfg     Config
+	vip     [4]byte
+	vipAddr uint32
+	ifi     *net.Interface
+	tap     *tapDevice
+	owner   Owner
+	workers []*worker
+	log     *slog.Logger
+
+	policy   atomic.Pointer[Policy]
+	filterMu sync.Mutex      // serializes filter swaps
+	filtered nodeset.NodeSet // numbers the socket filters pass now
+
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
 	now    atomic.Int64 // coarse clock for flow timestamps, set by the sweeper
-	frags  *fragTable
-	stats  counters
-	log    *slog.Logger
 
 	wg        sync.WaitGroup
 	closing   atomic.Bool
@@ -85,15 +90,18 @@ type Datapath struct {
 	closeOnce sync.Once
 }
 
-// Open creates the TAP, opens the capture socket, starts the reader and
-// announces the VIP. The interface's sysctls are the caller's business: they
-// are shared by every cluster on the interface.
+// Open creates the TAP, opens one capture socket per worker, starts the
+// workers and announces the VIP. The interface's sysctls are the caller's
+// business: they are shared by every cluster on the interface.
 func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error) {
 	if !cfg.VIP.Is4() {
 		return nil, fmt.Errorf("datapath: VIP %s is not IPv4", cfg.VIP)
 	}
 	if err := cfg.Hash.Validate(); err != nil {
 		return nil, fmt.Errorf("datapath: %w", err)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.NumCPU()
 	}
 	ifi, err := net.InterfaceByName(cfg.Interface)
 	if err != nil {
@@ -104,23 +112,44 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 		vip:   cfg.VIP.As4(),
 		ifi:   ifi,
 		owner: Owner{Hash: cfg.Hash},
-		frags: newFragTable(),
 		flows: newFlowTable(DefaultMaxFlows),
 		stop:  make(chan struct{}),
 		log:   log.With("vip", cfg.VIP.String()),
 	}
-	d.SetNodes(nodes)
+	d.vipAddr = uint32(d.vip[0])<<24 | uint32(d.vip[1])<<16 | uint32(d.vip[2])<<8 | uint32(d.vip[3])
+	d.policy.Store(&Policy{Serve: nodes})
+	d.filtered = nodes
 	d.flowSt.Store(&FlowStats{})
 	d.now.Store(time.Now().UnixNano())
-	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP); err != nil {
+	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP, cfg.Workers); err != nil {
 		return nil, err
 	}
-	if d.sock, err = openCaptureSocket(ifi, cfg.VIP, cfg.ClusterMAC); err != nil {
+	filter, err := captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, nodes)
+	if err != nil {
 		d.tap.close()
 		return nil, err
 	}
-	d.wg.Add(2)
-	go d.receive()
+	var group uint16
+	for i := 0; i < cfg.Workers; i++ {
+		sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, filter, group)
+		if err == nil && i == 0 {
+			group, err = sock.fanoutGroup()
+		}
+		if err != nil {
+			if sock != nil {
+				sock.close()
+			}
+			d.closeWorkers()
+			d.tap.close()
+			return nil, err
+		}
+		d.workers = append(d.workers, newWorker(d, sock, d.tap.queues[i]))
+	}
+	for _, w := range d.workers {
+		d.wg.Add(1)
+		go w.run()
+	}
+	d.wg.Add(1)
 	go d.sweep()
 	if err := d.Announce(); err != nil {
 		d.log.Warn("gratuitous ARP failed", "err", err)
@@ -136,7 +165,58 @@ func (d *Datapath) Nodes() nodeset.NodeSet { return d.policy.Load().Serve }
 func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 
 // SetPolicy replaces what this node answers for; the next packet sees it.
-func (d *Datapath) SetPolicy(p Policy) { d.policy.Store(&p) }
+// When the numbers that must reach user space change, every socket's filter
+// is rebuilt and swapped: widened before the policy changes, narrowed after,
+// so that no packet the new policy accepts is filtered out on the way.
+func (d *Datapath) SetPolicy(p Policy) {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	old := d.filtered
+	want := p.pass()
+	if want&^old != 0 {
+		d.setFilters(old | want)
+	}
+	d.policy.Store(&p)
+	if old|want != want {
+		d.setFilters(want)
+	}
+	d.filtered = want
+}
+
+func (d *Datapath) setFilters(pass nodeset.NodeSet) {
+	f, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, pass)
+	if err == nil {
+		for _, w := range d.workers {
+			if err = w.sock.setFilter(f); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil && !d.closing.Load() {
+		d.log.Error("swap capture filter", "pass", pass.String(), "err", err)
+	}
+}
+
+// Config returns the configuration the datapath was opened with.
+func (d *Datapath) Config() Config { return d.cfg }
+
+// TapName returns the name of the cluster's TAP device.
+func (d *Datapath) TapName() string { return d.tap.name }
+
+// Stats returns the counters summed over the workers.
+func (d *Datapath) Stats() Stats {
+	var s Stats
+	for _, w := range d.workers {
+		s.Owned += w.stats.owned.Load()
+		s.NotOwned += w.stats.notOwned.Load()
+		s.Malformed += w.stats.malformed.Load()
+		s.ARPReplies += w.stats.arpReplies.Load()
+		s.HeldFrags += w.stats.heldFrags.Load()
+		s.DroppedFrag += w.stats.droppedFrag.Load()
+		s.TapErrors += w.stats.tapErrors.Load()
+	}
+	return s
+}
 
 // Flows describes the flow table as of its last sweep.
 func (d *Datapath) Flows() FlowStats { return *d.flowSt.Load() }
@@ -163,31 +243,12 @@ func (d *Datapath) sweep() {
 	}
 }
 
-// Config returns the configuration the datapath was opened with.
-func (d *Datapath) Config() Config { return d.cfg }
-
-// TapName returns the name of the cluster's TAP device.
-func (d *Datapath) TapName() string { return d.tap.name }
-
-// Stats returns a snapshot of the counters.
-func (d *Datapath) Stats() Stats {
-	return Stats{
-		Owned:       d.stats.owned.Load(),
-		NotOwned:    d.stats.notOwned.Load(),
-		Malformed:   d.stats.malformed.Load(),
-		ARPReplies:  d.stats.arpReplies.Load(),
-		HeldFrags:   d.stats.heldFrags.Load(),
-		DroppedFrag: d.stats.droppedFrag.Load(),
-		TapErrors:   d.stats.tapErrors.Load(),
-	}
-}
-
 // Announce sends a gratuitous ARP so that neighbours that cached another MAC
 // for the VIP move to the cluster MAC.
 func (d *Datapath) Announce() error {
 	f, err := arpFrame(broadcastMAC, d.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
 	if err == nil {
-		err = d.sock.send(f, broadcastMAC)
+		err = d.workers[0].sock.send(f, broadcastMAC)
 	}
 	if err != nil {
 		return fmt.Errorf("announce %s: %w", d.cfg.VIP, err)
@@ -195,19 +256,27 @@ func (d *Datapath) Announce() error {
 	return nil
 }
 
-// Close stops the reader and removes the TAP (and with it the VIP). The
-// multicast membership goes with the socket.
+// Closed tells whether Close has been called.
+func (d *Datapath) Closed() bool { return d.closing.Load() }
+
+func (d *Datapath) closeWorkers() error {
+	var err error
+	for _, w := range d.workers {
+		err = errors.Join(err, w.sock.close())
+	}
+	return err
+}
+
+// Close stops the workers and removes the TAP (and with it the VIP). The
+// multicast membership goes with the sockets.
 func (d *Datapath) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		d.closing.Store(true)
 		close(d.stop)
-		err = d.sock.close()
+		err = d.closeWorkers()
 		d.wg.Wait()
 		err = errors.Join(err, d.tap.close())
 	})
 	return err
 }
-
-// Closed tells whether Close has been called.
-func (d *Datapath) Closed() bool { return d.closing.Load() }

@@ -1,10 +1,13 @@
 package datapath
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"testing"
 
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/nodeset"
 	"golang.org/x/net/bpf"
 )
 
@@ -13,7 +16,13 @@ import (
 // packet is dropped).
 func filterVM(t *testing.T, vip netip.Addr, mac net.HardwareAddr) *bpf.VM {
 	t.Helper()
-	raw, err := captureFilter(vip, mac)
+	return ownershipVM(t, vip, mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1)
+}
+
+// ownershipVM is filterVM with the ownership part: hash cfg, numbers pass.
+func ownershipVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) *bpf.VM {
+	t.Helper()
+	raw, err := captureFilter(vip, mac, cfg, pass)
 	if err != nil {
 		t.Fatalf("captureFilter: %v", err)
 	}
@@ -196,9 +205,96 @@ func TestCaptureFilterErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := captureFilter(tt.vip, tt.mac); err == nil {
+			if _, err := captureFilter(tt.vip, tt.mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1); err == nil {
 				t.Fatal("captureFilter succeeded, want error")
 			}
 		})
+	}
+}
+
+// The filter's in-kernel ownership decision agrees with Owner.Node bit for
+// bit: for random packets of every protocol kind, in every mode, with random
+// seeds, totals and sets of numbers, a frame passes exactly when its number
+// is in the set, or when it is a fragment or ICMP (user space decides those).
+func TestCaptureFilterOwnership(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	modes := []hash.Mode{hash.SourceIP, hash.SourceIPSourcePort, hash.SourceIPSourcePortDestPort}
+	vip := testVIP.String()
+	for round := 0; round < 60; round++ {
+		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32()}
+		if round%7 == 0 {
+			cfg.Seed = 0
+		}
+		pass := nodeset.NodeSet(rng.Uint64()) & (nodeset.NodeSet(1)<<cfg.TotalNodes - 1)
+		vm := ownershipVM(t, testVIP, testClusterMAC, cfg, pass)
+		o := Owner{Hash: cfg}
+		for i := 0; i < 300; i++ {
+			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
+			sport, dport := uint16(rng.Uint32()), uint16(rng.Uint32())
+			var proto uint8
+			var l4 []byte
+			switch i % 8 {
+			case 0, 1:
+				proto, l4 = testTCP, mkTCP(sport, dport)
+			case 2:
+				proto, l4 = testUDP, mkUDP(sport, dport)
+			case 3:
+				proto, l4 = testSCTP, mkSCTP(sport, dport)
+			case 4:
+				proto, l4 = testESP, mkESP(rng.Uint32())
+			case 5:
+				proto, l4 = testAH, mkAH(rng.Uint32())
+			case 6:
+				proto, l4 = testGRE, mkGRE()
+			case 7:
+				proto, l4 = 136, mkUDP(sport, dport) // UDP-Lite
+			}
+			h := testIPHdr{src: src, dst: vip, proto: proto}
+			if i%5 == 0 {
+				h.options = []byte{1, 1, 1, 0} // the ports move with the header length
+			}
+			ipb := mkIPv4(h, l4)
+			frame := mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)
+			var p ipv4Packet
+			if !parseIPv4(ipb, &p) {
+				t.Fatal("test packet does not parse")
+			}
+			want := pass.Contains(o.Node(&p))
+			got, err := vm.Run(frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got > 0) != want {
+				t.Fatalf("cfg %+v pass %s, proto %d from %s:%d: filter %d, Node %d", cfg, pass, proto, src, sport, got, o.Node(&p))
+			}
+		}
+		// Fragments and ICMP always reach user space.
+		for _, ipb := range [][]byte{
+			mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testUDP, flagsOff: ipFlagMF}, mkUDP(1, 2)),
+			mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testUDP, flagsOff: 100}, []byte{1, 2, 3, 4}),
+			mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: protoICMP}, mkICMP(8, 0, 0, nil)),
+		} {
+			if got, _ := vm.Run(mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)); got == 0 {
+				t.Fatalf("cfg %+v pass %s: fragment or ICMP filtered out", cfg, pass)
+			}
+		}
+	}
+}
+
+// An empty set passes no IPv4 but still ARP; a full set passes everything.
+func TestCaptureFilterEmptyAndFull(t *testing.T) {
+	cfg := hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 64}
+	tcp := mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(1234, 80)))
+	arp := mkEther(broadcastMAC, testClientMAC, etherTypeARP, mkARP(arpOpRequest, testClientMAC, "198.51.100.7", nil, testVIP.String()))
+	none := ownershipVM(t, testVIP, testClusterMAC, cfg, 0)
+	if got, _ := none.Run(tcp); got != 0 {
+		t.Errorf("empty set passed TCP")
+	}
+	if got, _ := none.Run(arp); got == 0 {
+		t.Errorf("empty set dropped ARP")
+	}
+	all := ownershipVM(t, testVIP, testClusterMAC, cfg, nodeset.NodeSet(^uint64(0)))
+	if got, _ := all.Run(tcp); got == 0 {
+		t.Errorf("full set dropped TCP")
 	}
 }

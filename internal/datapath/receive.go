@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -11,60 +12,82 @@ import (
 // super-frame plus its Ethernet header and some slack for VLAN tags.
 const maxFrame = 65536 + ethHdrLen + 8
 
-// receive is the cluster's reader: one frame per loop, decided and either
-// written to the TAP or dropped. It returns when the socket is closed.
-func (d *Datapath) receive() {
-	defer d.wg.Done()
-	buf := make([]byte, vnetHdrLen+maxFrame)
+// worker is one reader: its own capture socket (one of the fanout group),
+// its own TAP queue, and its own fragment table (the fanout hashes every
+// fragment of a datagram to the same worker). The flow table is shared.
+type worker struct {
+	d     *Datapath
+	sock  *captureSocket
+	tap   int
+	frags *fragTable
+	batch *batch
+	stats counters
+}
+
+type counters struct {
+	owned, notOwned, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
+}
+
+func newWorker(d *Datapath, sock *captureSocket, tapFD int) *worker {
+	return &worker{d: d, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
+}
+
+// run reads batches of frames until the socket is closed; each frame is
+// decided and either written to the TAP or dropped.
+func (w *worker) run() {
+	defer w.d.wg.Done()
 	var n int
 	var rerr error
-	readOne := func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), buf)
+	readBatch := func(fd uintptr) bool {
+		n, rerr = w.batch.recv(int(fd))
 		return rerr != unix.EAGAIN
 	}
 	for {
-		if err := d.sock.read(readOne); err != nil {
-			if !d.closing.Load() {
-				d.log.Error("capture socket failed", "err", err)
+		if err := w.sock.read(readBatch); err != nil {
+			if !w.d.closing.Load() {
+				w.d.log.Error("capture socket failed", "err", err)
 			}
 			return
 		}
 		if rerr != nil {
 			// The interface went down or away; the socket stays bound and
 			// resumes when it returns.
-			d.log.Warn("capture read", "err", rerr)
+			w.d.log.Warn("capture read", "err", rerr)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		d.handle(buf[:n])
+		for i := 0; i < n; i++ {
+			w.handle(w.batch.frame(i))
+		}
 	}
 }
 
 // handle takes one virtio-net header plus frame. It must not retain b.
-func (d *Datapath) handle(b []byte) {
+func (w *worker) handle(b []byte) {
 	if len(b) < vnetHdrLen+ethHdrLen {
-		d.stats.malformed.Add(1)
+		w.stats.malformed.Add(1)
 		return
 	}
 	frame := b[vnetHdrLen:]
 	switch binary.BigEndian.Uint16(frame[12:14]) {
 	case etherTypeIPv4:
-		d.handleIPv4(b)
+		w.handleIPv4(b)
 	case etherTypeARP:
-		d.handleARP(frame)
+		w.handleARP(frame)
 	default:
-		d.stats.malformed.Add(1)
+		w.stats.malformed.Add(1)
 	}
 }
 
-func (d *Datapath) handleIPv4(b []byte) {
+func (w *worker) handleIPv4(b []byte) {
+	d := w.d
 	var p ipv4Packet
-	if !parseIPv4(b[vnetHdrLen+ethHdrLen:], &p) || p.dst != binary.BigEndian.Uint32(d.vip[:]) {
-		d.stats.malformed.Add(1)
+	if !parseIPv4(b[vnetHdrLen+ethHdrLen:], &p) || p.dst != d.vipAddr {
+		w.stats.malformed.Add(1)
 		return
 	}
 	if !d.owner.needsFragmentTable(&p) {
-		d.deliver(b, d.accept(&p))
+		w.deliver(b, d.accept(&p))
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
@@ -75,56 +98,57 @@ func (d *Datapath) handleIPv4(b []byte) {
 		if ok {
 			v = fragAccept
 		}
-		held := d.frags.first(k, v, now)
-		d.deliver(b, ok)
+		held := w.frags.first(k, v, now)
+		w.deliver(b, ok)
 		for _, h := range held {
-			d.deliver(h, ok)
+			w.deliver(h, ok)
 		}
 		return
 	}
-	if v := d.frags.lookup(k); v != fragUnknown {
-		d.deliver(b, v == fragAccept)
+	if v := w.frags.lookup(k); v != fragUnknown {
+		w.deliver(b, v == fragAccept)
 		return
 	}
-	if d.frags.hold(k, b, now) {
-		d.stats.heldFrags.Add(1)
+	if w.frags.hold(k, b, now) {
+		w.stats.heldFrags.Add(1)
 	} else {
-		d.stats.droppedFrag.Add(1)
+		w.stats.droppedFrag.Add(1)
 	}
 }
 
-// deliver writes b to the TAP if accepted, else drops it. The destination
-// MAC becomes the TAP's own so the stack takes the packet as addressed to
-// this host (TCP discards anything else), as the kernel target set pkt_type
-// to PACKET_HOST.
-func (d *Datapath) deliver(b []byte, accepted bool) {
+// deliver writes b to the worker's TAP queue if accepted, else drops it.
+// The destination MAC becomes the TAP's own so the stack takes the packet as
+// addressed to this host (TCP discards anything else), as the kernel target
+// set pkt_type to PACKET_HOST.
+func (w *worker) deliver(b []byte, accepted bool) {
 	if !accepted {
-		d.stats.notOwned.Add(1)
+		w.stats.notOwned.Add(1)
 		return
 	}
-	copy(b[vnetHdrLen:vnetHdrLen+6], d.tap.mac)
-	if err := d.tap.write(b); err != nil {
-		d.stats.tapErrors.Add(1)
+	copy(b[vnetHdrLen:vnetHdrLen+6], w.d.tap.mac)
+	if _, err := unix.Write(w.tap, b); err != nil {
+		w.stats.tapErrors.Add(1)
 		return
 	}
-	d.stats.owned.Add(1)
+	w.stats.owned.Add(1)
 }
 
 // handleARP answers requests for the VIP with the cluster MAC. Every node
 // answers, with identical replies, as every node did with the kernel target:
 // the client learns one MAC whoever replies first.
-func (d *Datapath) handleARP(frame []byte) {
+func (w *worker) handleARP(frame []byte) {
+	d := w.d
 	sha, spa, ok := arpRequestForVIP(frame, d.vip)
 	if !ok {
 		return
 	}
 	reply, err := arpFrame(sha, d.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
 	if err == nil {
-		err = d.sock.send(reply, sha)
+		err = w.sock.send(reply, sha)
 	}
 	if err != nil {
 		d.log.Warn("ARP reply", "to", sha.String(), "err", err)
 		return
 	}
-	d.stats.arpReplies.Add(1)
+	w.stats.arpReplies.Add(1)
 }

@@ -3,10 +3,10 @@ package datapath
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"syscall"
 
 	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,15 +22,12 @@ type captureSocket struct {
 }
 
 // openCaptureSocket binds a raw packet socket to ifi that sees only the
-// cluster's frames (the filter is attached before bind), carries the
-// virtio-net header, ignores the node's own outgoing frames and subscribes the
-// interface to the cluster MAC. The membership belongs to the socket, so the
-// kernel drops it when the socket closes, even when the daemon is killed.
-func openCaptureSocket(ifi *net.Interface, vip netip.Addr, clusterMAC net.HardwareAddr) (*captureSocket, error) {
-	filter, err := captureFilter(vip, clusterMAC)
-	if err != nil {
-		return nil, err
-	}
+// frames filter passes (attached before bind), carries the virtio-net
+// header, ignores the node's own outgoing frames, subscribes the interface to
+// the cluster MAC and joins the fanout group (0: create one). The membership
+// belongs to the socket, so the kernel drops it when the socket closes, even
+// when the daemon is killed.
+func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter []bpf.RawInstruction, fanout uint16) (*captureSocket, error) {
 	conn, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, &packet.Config{Filter: filter})
 	if err != nil {
 		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
@@ -64,6 +61,9 @@ func openCaptureSocket(ifi *net.Interface, vip netip.Addr, clusterMAC net.Hardwa
 			err = fmt.Errorf("join %s: %w", clusterMAC, jerr)
 		}
 	}
+	if err == nil {
+		err = s.joinFanout(fanout)
+	}
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
@@ -71,8 +71,45 @@ func openCaptureSocket(ifi *net.Interface, vip netip.Addr, clusterMAC net.Hardwa
 	return s, nil
 }
 
-// read fills b with one virtio-net header and frame. The closure is built by
-// the caller once, so the per-packet path does not allocate.
+// joinFanout spreads the interface's frames over the workers' sockets by
+// flow hash, so every packet of a flow (and every fragment of a datagram,
+// which the flow dissector hashes without ports) reaches the same worker.
+// Group 0 asks the kernel for a new, unique group id.
+func (s *captureSocket) joinFanout(group uint16) error {
+	var err error
+	cerr := s.raw.Control(func(fd uintptr) {
+		arg := int(group) | unix.PACKET_FANOUT_HASH<<16
+		if group == 0 {
+			arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
+		}
+		if err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
+			err = fmt.Errorf("PACKET_FANOUT: %w", err)
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// fanoutGroup returns the socket's fanout group id.
+func (s *captureSocket) fanoutGroup() (uint16, error) {
+	var v int
+	var err error
+	cerr := s.raw.Control(func(fd uintptr) {
+		v, err = unix.GetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT)
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	return uint16(v), err
+}
+
+// setFilter replaces the socket's filter; the kernel swaps it atomically.
+func (s *captureSocket) setFilter(f []bpf.RawInstruction) error { return s.conn.SetBPF(f) }
+
+// read calls fn with the socket when it is readable, until fn reports done.
+// fn is built by the caller once, so the per-packet path does not allocate.
 func (s *captureSocket) read(fn func(fd uintptr) bool) error { return s.raw.Read(fn) }
 
 // send writes one frame (without virtio-net header) to dst on the interface.

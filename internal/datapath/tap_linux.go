@@ -12,11 +12,12 @@ import (
 
 // tapDevice is the TAP that holds the VIP. The local stack sees owned
 // packets arrive on it as if from a wire; replies leave through the normal
-// routes, not through the TAP.
+// routes, not through the TAP. It has one queue per worker, so workers write
+// in parallel.
 type tapDevice struct {
-	fd   int
-	name string
-	mac  net.HardwareAddr
+	queues []int // file descriptors, one per queue
+	name   string
+	mac    net.HardwareAddr
 }
 
 // TapName is the TAP device name for a VIP: derived, so that every part of
@@ -31,22 +32,26 @@ func TapName(vip netip.Addr) string {
 // IPv4 and link-local chatter would only be noise), ARP is off (nothing is ever
 // routed out of it), and reverse-path filtering is loose because replies to
 // what arrives on it leave through another interface.
-func openTap(name string, vip netip.Addr) (*tapDevice, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+func openTap(name string, vip netip.Addr, queues int) (*tapDevice, error) {
+	t := &tapDevice{name: name}
+	for i := 0; i < queues; i++ {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+		}
+		t.queues = append(t.queues, fd)
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("tap %s: %w", name, err)
+		}
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_MULTI_QUEUE)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			t.close()
+			return nil, fmt.Errorf("create tap %s queue %d: %w", name, i, err)
+		}
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tap %s: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("create tap %s: %w", name, err)
-	}
-	t := &tapDevice{fd: fd, name: name}
 	if err := t.configure(vip); err != nil {
 		t.close()
 		return nil, err
@@ -81,10 +86,12 @@ func (t *tapDevice) configure(vip netip.Addr) error {
 	return nil
 }
 
-// write hands one virtio-net header and frame to the local stack.
-func (t *tapDevice) write(b []byte) error {
-	_, err := unix.Write(t.fd, b)
+func (t *tapDevice) close() error {
+	var err error
+	for _, fd := range t.queues {
+		if cerr := unix.Close(fd); err == nil {
+			err = cerr
+		}
+	}
 	return err
 }
-
-func (t *tapDevice) close() error { return unix.Close(t.fd) }
