@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/clusterctl
 PKGS    := ./...
 
-.PHONY: all build demo test unit e2e vet fmt fuzz clean bench-failover
+.PHONY: all build demo test unit e2e vet fmt fuzz clean bench-failover bench
 
 all: build
 
@@ -42,3 +42,9 @@ clean:
 # Failover, drain, health check and rejoin under load, in a lab (root).
 bench-failover: build
 	./$(BIN) lab-bench-failover
+
+# Direct vs the kernel's nftables recipe vs the daemon, side by side (root).
+bench: build
+	@command -v wrk >/dev/null && command -v iperf3 >/dev/null && command -v nft >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk iperf3 nftables; }
+	./$(BIN) lab-bench

@@ -82,5 +82,37 @@ func labCommands() []*cobra.Command {
 			return lab.BenchFailover(ctx, cmd.OutOrStdout())
 		},
 	}
-	return []*cobra.Command{serve, probe, load, bench}
+	var rate int
+	var dur time.Duration
+	latency := &cobra.Command{
+		Use:    "lab-latency",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p50, p99, err := lab.Latency(context.Background(), addr, rate, dur)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%.3f %.3f\n", p50.Seconds()*1000, p99.Seconds()*1000)
+			return err
+		},
+	}
+	latency.Flags().StringVar(&addr, "addr", "", "host:port")
+	latency.Flags().IntVar(&rate, "rate", 500, "new connections per second")
+	latency.Flags().DurationVar(&dur, "duration", 5*time.Second, "how long")
+
+	var benchDur time.Duration
+	perf := &cobra.Command{
+		Use:    "lab-bench",
+		Short:  "Compare direct, the kernel nftables recipe and the daemon, side by side in a lab",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return lab.BenchDatapath(ctx, cmd.OutOrStdout(), benchDur)
+		},
+	}
+	perf.Flags().DurationVar(&benchDur, "duration", 5*time.Second, "length of each measurement")
+	return []*cobra.Command{serve, probe, load, bench, latency, perf}
 }

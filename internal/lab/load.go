@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -252,4 +253,43 @@ func (w *replyWatch) twice() []string {
 func (w *replyWatch) close() {
 	w.conn.Close()
 	<-w.done
+}
+
+// Latency opens new connections at a fixed rate, one request each, and
+// returns the 50th and 99th percentile of connect-plus-request time.
+func Latency(ctx context.Context, addr string, rate int, d time.Duration) (p50, p99 time.Duration, err error) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed int
+	var wg sync.WaitGroup
+	t := time.NewTicker(time.Second / time.Duration(rate))
+	defer t.Stop()
+	end := time.After(d)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-end:
+			done = true
+		case <-t.C:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := shortConn(addr)
+				mu.Lock()
+				if c.Err != "" {
+					failed++
+				} else {
+					lat = append(lat, c.Latency)
+				}
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	if len(lat) == 0 || failed > len(lat)/100 {
+		return 0, 0, fmt.Errorf("latency: %d of %d connections failed", failed, failed+len(lat))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
 }

@@ -1,0 +1,376 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clusterip/clusterip/internal/daemon"
+)
+
+// benchMAC is the cluster MAC in the benchmark: the daemon's default for VIP.
+var benchMAC = daemon.DefaultClusterMAC(VIP)
+
+// benchSetup is one way to serve the VIP from the lab's nodes.
+type benchSetup struct {
+	name string
+	up   func() error
+	down func() error
+}
+
+type benchResult struct {
+	connRate    float64 // new connections per second (wrk, one request each)
+	p50, p99    float64 // ms, at a fixed moderate rate of new connections
+	tcp1, tcp4  float64 // Gbit/s
+	udpPPS      float64 // 64-byte datagrams received per second
+	cpuPerMpkt  map[string]float64
+	ownerShare  string
+	daemonRSSMB float64
+}
+
+// BenchDatapath serves one VIP three ways in the same lab, one after the
+// other, and measures each with the same clients: (1) direct, the VIP as a
+// plain address on one node; (2) kernel, the nftables cluster recipe on all
+// nodes; (3) daemon, this project's daemon on all nodes.
+func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration) (err error) {
+	for _, tool := range []string{"wrk", "iperf3", "nft"} {
+		if _, err := execLookPath(tool); err != nil {
+			return fmt.Errorf("bench needs %s (apt-get install wrk iperf3 nftables)", tool)
+		}
+	}
+	l, err := New(Options{Prefix: "cipperf", Nodes: 3})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := l.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	for _, h := range l.Nodes {
+		if _, err := l.Start(h, "serve-"+h.Name, l.Exe, "lab-serve", "--name", h.Name); err != nil {
+			return err
+		}
+		// UDP replies must come from the VIP, so iperf3 binds it, before
+		// any setup has put it on the node.
+		if _, err := l.Run(h, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"); err != nil {
+			return err
+		}
+		if _, err := l.Start(h, "iperf3-"+h.Name, "iperf3", "-s", "-B", VIP.String()); err != nil {
+			return err
+		}
+	}
+	daemons := map[string]*Proc{}
+	setups := []benchSetup{
+		{"direct", func() error {
+			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "add", VIP.String() + "/32", "dev", "eth0"}})
+		}, func() error {
+			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "del", VIP.String() + "/32", "dev", "eth0"}})
+		}},
+		{"kernel", func() error {
+			for i, h := range l.Nodes {
+				if err := l.runAll([][]string{
+					{"ip", "-n", h.NS, "addr", "add", VIP.String() + "/32", "dev", "eth0"},
+					{"ip", "-n", h.NS, "maddr", "add", benchMAC.String(), "dev", "eth0"},
+				}); err != nil {
+					return err
+				}
+				cmd := l.Command(h, "nft", "-f", "-")
+				cmd.Stdin = strings.NewReader(nftRecipe(i + 1))
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("nft on %s: %v: %s", h.Name, err, out)
+				}
+			}
+			return nil
+		}, func() error {
+			for _, h := range l.Nodes {
+				l.runAll([][]string{
+					{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "ip", "cip"},
+					{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "arp", "cip"},
+					{"ip", "-n", h.NS, "maddr", "del", benchMAC.String(), "dev", "eth0"},
+					{"ip", "-n", h.NS, "addr", "del", VIP.String() + "/32", "dev", "eth0"},
+				})
+			}
+			return nil
+		}},
+		{"daemon", func() error {
+			for i, h := range l.Nodes {
+				p, err := l.StartDaemon(h)
+				if err != nil {
+					return err
+				}
+				daemons[h.Name] = p
+				if _, err := l.Clusterctl(h, "new", "--vip", VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
+					"--total-nodes", "3", "--local-node", strconv.Itoa(i+1)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func() error {
+			for _, p := range daemons {
+				p.Stop(syscall.SIGTERM, 5*time.Second)
+			}
+			return nil
+		}},
+	}
+	results := map[string]*benchResult{}
+	for _, s := range setups {
+		fmt.Fprintf(w, "measuring %s...\n", s.name)
+		if err := s.up(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		l.Run(l.Client, "ip", "neigh", "flush", "dev", "eth0")
+		if err := l.WaitServing(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		r, err := l.measure(ctx, dur, daemons)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		results[s.name] = r
+		if err := s.down(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		daemons = map[string]*Proc{}
+	}
+	printBench(w, results)
+	return nil
+}
+
+// nftRecipe is the kernel's own way to build such a cluster today, as
+// Pacemaker's IPaddr2 does on kernels without CLUSTERIP: take the cluster
+// MAC's frames as addressed to the host, drop what another node owns by
+// jhash, and give ARP replies for the VIP the cluster MAC.
+func nftRecipe(local int) string {
+	return fmt.Sprintf(`table ip cip {
+  chain pre {
+    type filter hook prerouting priority -300; policy accept;
+    ip daddr %[1]s meta pkttype multicast meta pkttype set host
+    ip daddr %[1]s jhash ip saddr mod 3 seed 0x0 offset 1 != %[2]d drop
+  }
+}
+table arp cip {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    arp operation reply arp saddr ip %[1]s arp saddr ether set %[3]s
+  }
+}
+`, VIP, local, benchMAC)
+}
+
+func (l *Lab) runAll(cmds [][]string) error {
+	for _, c := range cmds {
+		if out, err := execCommand(c[0], c[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+
+func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string]*Proc) (*benchResult, error) {
+	r := &benchResult{cpuPerMpkt: map[string]float64{}}
+	secs := fmt.Sprintf("%ds", int(dur.Seconds()))
+	cpu := func() map[string]float64 {
+		m := map[string]float64{}
+		for name, p := range daemons {
+			m[name] = procCPU(p.Cmd.Process.Pid)
+		}
+		return m
+	}
+	tx := func() float64 {
+		b, _ := os.ReadFile("/proc/self/net/dev") // not the client's: read through the client's namespace
+		_ = b
+		out, err := l.Run(l.Client, "cat", "/proc/net/dev")
+		if err != nil {
+			return 0
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(strings.Replace(line, ":", " ", 1)); len(f) > 10 && f[0] == "eth0" {
+				v, _ := strconv.ParseFloat(f[10], 64) // transmit packets
+				return v
+			}
+		}
+		return 0
+	}
+	track := func(name string, fn func() error) error {
+		c0, t0 := cpu(), tx()
+		if err := fn(); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		c1, t1 := cpu(), tx()
+		if len(daemons) > 0 && t1 > t0 {
+			total, owner, ownerName := 0.0, 0.0, ""
+			for n := range c1 {
+				d := c1[n] - c0[n]
+				total += d
+				if d > owner {
+					owner, ownerName = d, n
+				}
+			}
+			r.cpuPerMpkt[name] = total / (t1 - t0) * 1e6
+			if name == "tcp4" {
+				r.ownerShare = fmt.Sprintf("%s %.2fs, others %.2fs", ownerName, owner, total-owner)
+			}
+		}
+		return nil
+	}
+	err := track("conn", func() error {
+		out, err := l.Run(l.Client, "wrk", "-t2", "-c32", "-d"+secs, "-H", "Connection: close", "http://"+VIP.String()+"/")
+		if err != nil {
+			return err
+		}
+		m := wrkRate.FindStringSubmatch(out)
+		if m == nil {
+			return fmt.Errorf("wrk printed no rate: %s", out)
+		}
+		r.connRate, _ = strconv.ParseFloat(m[1], 64)
+		return nil
+	})
+	if err == nil {
+		err = track("latency", func() error {
+			out, err := l.Run(l.Client, l.Exe, "lab-latency", "--addr", VIP.String()+":80", "--rate", "500", "--duration", dur.String())
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Sscanf(strings.TrimSpace(out), "%f %f", &r.p50, &r.p99)
+			return err
+		})
+	}
+	iperf := func(name string, args ...string) error {
+		return track(name, func() error {
+			var out string
+			var err error
+			// iperf3 3.12's server sometimes refuses a test that follows
+			// another too closely ("unable to read from stream socket").
+			for try := 0; try < 3; try++ {
+				time.Sleep(time.Second)
+				out, err = l.Run(l.Client, "iperf3", append([]string{"-c", VIP.String(), "-t", strconv.Itoa(int(dur.Seconds())), "-J"}, args...)...)
+				if err == nil && !strings.Contains(out, `"error":`) {
+					break
+				}
+			}
+			if err != nil {
+				return err
+			}
+			var rep struct {
+				Error string `json:"error"`
+				End struct {
+					SumReceived struct {
+						BitsPerSecond float64 `json:"bits_per_second"`
+					} `json:"sum_received"`
+					Sum struct {
+						Packets     float64 `json:"packets"`
+						LostPackets float64 `json:"lost_packets"`
+						Seconds     float64 `json:"seconds"`
+					} `json:"sum"`
+				} `json:"end"`
+			}
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				return fmt.Errorf("iperf3 output: %w", err)
+			}
+			if rep.Error != "" {
+				return fmt.Errorf("iperf3 %s: %s", name, rep.Error)
+			}
+			switch name {
+			case "tcp1":
+				r.tcp1 = rep.End.SumReceived.BitsPerSecond / 1e9
+			case "tcp4":
+				r.tcp4 = rep.End.SumReceived.BitsPerSecond / 1e9
+			case "udp":
+				if rep.End.Sum.Seconds > 0 {
+					r.udpPPS = (rep.End.Sum.Packets - rep.End.Sum.LostPackets) / rep.End.Sum.Seconds
+				}
+			}
+			return nil
+		})
+	}
+	if err == nil {
+		err = iperf("tcp1")
+	}
+	if err == nil {
+		err = iperf("tcp4", "-P", "4")
+	}
+	if err == nil {
+		err = iperf("udp", "-u", "-b", "100M", "-l", "64")
+	}
+	for _, p := range daemons {
+		r.daemonRSSMB = max(r.daemonRSSMB, procRSSMB(p.Cmd.Process.Pid))
+	}
+	return r, err
+}
+
+// procCPU is a process's user+system CPU time in seconds.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func procRSSMB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func printBench(w io.Writer, r map[string]*benchResult) {
+	d, k, x := r["direct"], r["kernel"], r["daemon"]
+	row := func(name string, get func(*benchResult) float64, format string, lowerBetter bool) {
+		ratio := func(a, b float64) string {
+			if a == 0 || b == 0 {
+				return "-"
+			}
+			if lowerBetter {
+				return fmt.Sprintf("%.2f", b/a) // as a speed ratio: above 1 is better
+			}
+			return fmt.Sprintf("%.2f", a/b)
+		}
+		fmt.Fprintf(w, "%-34s %10s %10s %10s %14s %14s\n", name,
+			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)),
+			ratio(get(x), get(k)), ratio(get(x), get(d)))
+	}
+	fmt.Fprintf(w, "\n%-34s %10s %10s %10s %14s %14s\n", "", "direct", "kernel", "daemon", "daemon/kernel", "daemon/direct")
+	row("new connections/s (wrk, close)", func(r *benchResult) float64 { return r.connRate }, "%.0f", false)
+	row("latency p50 ms (500 conn/s)", func(r *benchResult) float64 { return r.p50 }, "%.3f", true)
+	row("latency p99 ms (500 conn/s)", func(r *benchResult) float64 { return r.p99 }, "%.3f", true)
+	row("TCP 1 stream Gbit/s (iperf3)", func(r *benchResult) float64 { return r.tcp1 }, "%.2f", false)
+	row("TCP 4 streams Gbit/s (iperf3 -P4)", func(r *benchResult) float64 { return r.tcp4 }, "%.2f", false)
+	row("UDP 64B datagrams/s recv (195k/s sent)", func(r *benchResult) float64 { return r.udpPPS }, "%.0f", false)
+	fmt.Fprintf(w, "(latency ratios are kernel/daemon, so for every ratio above 1 means the daemon is faster)\n\n")
+	keys := make([]string, 0, len(x.cpuPerMpkt))
+	for k := range x.cpuPerMpkt {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "daemon CPU s per million packets sent, %-8s %.2f (all 3 nodes)\n", k+":", x.cpuPerMpkt[k])
+	}
+	fmt.Fprintf(w, "daemon CPU during TCP 4 streams: owner %s\n", x.ownerShare)
+	fmt.Fprintf(w, "daemon memory (largest RSS): %.1f MiB\n", x.daemonRSSMB)
+}
