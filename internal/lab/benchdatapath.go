@@ -264,7 +264,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 			}
 			var rep struct {
 				Error string `json:"error"`
-				End struct {
+				End   struct {
 					SumReceived struct {
 						BitsPerSecond float64 `json:"bits_per_second"`
 					} `json:"sum_received"`
