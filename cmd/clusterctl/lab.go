@@ -102,6 +102,7 @@ func labCommands() []*cobra.Command {
 	latency.Flags().DurationVar(&dur, "duration", 5*time.Second, "how long")
 
 	var benchDur time.Duration
+	var benchWorkers int
 	perf := &cobra.Command{
 		Use:    "lab-bench",
 		Short:  "Compare direct, the kernel nftables recipe and the daemon, side by side in a lab",
@@ -110,9 +111,10 @@ func labCommands() []*cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return lab.BenchDatapath(ctx, cmd.OutOrStdout(), benchDur)
+			return lab.BenchDatapath(ctx, cmd.OutOrStdout(), benchDur, benchWorkers)
 		},
 	}
 	perf.Flags().DurationVar(&benchDur, "duration", 5*time.Second, "length of each measurement")
+	perf.Flags().IntVar(&benchWorkers, "workers", 0, "the daemons' --workers (0: one per CPU)")
 	return []*cobra.Command{serve, probe, load, bench, latency, perf}
 }

@@ -31,11 +31,11 @@ func newBatch(frameLen int) *batch {
 	return b
 }
 
-// recv reads up to batchSize frames without blocking; it returns how many,
-// or EAGAIN when none is waiting.
+// recv blocks until at least one frame is waiting (or the socket's receive
+// timeout passes: EAGAIN) and reads up to batchSize frames.
 func (b *batch) recv(fd int) (int, error) {
 	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])),
-		batchSize, unix.MSG_DONTWAIT, 0, 0)
+		batchSize, unix.MSG_WAITFORONE, 0, 0)
 	if errno != 0 {
 		return 0, syscall.Errno(errno)
 	}

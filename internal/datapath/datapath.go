@@ -268,15 +268,16 @@ func (d *Datapath) closeWorkers() error {
 }
 
 // Close stops the workers and removes the TAP (and with it the VIP). The
-// multicast membership goes with the sockets.
+// multicast membership goes with the sockets. The sockets close only after
+// the workers have left their reads: a file descriptor closed under a
+// blocked read could be reused before the read returns.
 func (d *Datapath) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		d.closing.Store(true)
 		close(d.stop)
-		err = d.closeWorkers()
 		d.wg.Wait()
-		err = errors.Join(err, d.tap.close())
+		err = errors.Join(d.closeWorkers(), d.tap.close())
 	})
 	return err
 }

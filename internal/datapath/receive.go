@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -32,27 +33,23 @@ func newWorker(d *Datapath, sock *captureSocket, tapFD int) *worker {
 	return &worker{d: d, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
 }
 
-// run reads batches of frames until the socket is closed; each frame is
-// decided and either written to the TAP or dropped.
+// run reads batches of frames until the datapath closes; each frame is
+// decided and either written to the TAP or dropped. It keeps its OS thread:
+// the thread sleeps in recvmmsg and the kernel wakes it directly.
 func (w *worker) run() {
 	defer w.d.wg.Done()
-	var n int
-	var rerr error
-	readBatch := func(fd uintptr) bool {
-		n, rerr = w.batch.recv(int(fd))
-		return rerr != unix.EAGAIN
-	}
-	for {
-		if err := w.sock.read(readBatch); err != nil {
-			if !w.d.closing.Load() {
-				w.d.log.Error("capture socket failed", "err", err)
-			}
-			return
-		}
-		if rerr != nil {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for !w.d.closing.Load() {
+		n, err := w.batch.recv(w.sock.fd)
+		switch err {
+		case nil:
+		case unix.EAGAIN, unix.EINTR:
+			continue
+		default:
 			// The interface went down or away; the socket stays bound and
 			// resumes when it returns.
-			w.d.log.Warn("capture read", "err", rerr)
+			w.d.log.Warn("capture read", "err", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}

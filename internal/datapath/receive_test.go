@@ -363,3 +363,62 @@ func TestARPFrameRoundTrip(t *testing.T) {
 		t.Fatalf("arpRequestForVIP = %s, %v, %v; want %s, %v, true", sha, spa, ok, testClientMAC, clientIP)
 	}
 }
+
+// acceptBench is a datapath without sockets: enough for the ownership
+// decision, which is all the per-packet path does besides the two syscalls.
+func acceptBench(m hash.Mode, track bool) *Datapath {
+	d := &Datapath{owner: Owner{Hash: hash.Config{Mode: m, TotalNodes: 3, Seed: 7}}, flows: newFlowTable(DefaultMaxFlows)}
+	d.policy.Store(&Policy{Serve: 0b011, Guarded: 0b100, Track: track})
+	return d
+}
+
+// acceptPackets are data segments of 1024 established connections, parsed.
+func acceptPackets(t testing.TB) []ipv4Packet {
+	var pkts []ipv4Packet
+	for i := 0; i < 1024; i++ {
+		tcp := mkTCP(uint16(30000+i), 443)
+		tcp[13] = tcpFlagACK
+		var p ipv4Packet
+		if !parseIPv4(mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, tcp), &p) {
+			t.Fatal("test packet does not parse")
+		}
+		pkts = append(pkts, p)
+	}
+	return pkts
+}
+
+// BenchmarkAccept is the whole per-packet decision: hash, and with flow
+// tracking (automatic failover) the flow-table lookup under its lock.
+func BenchmarkAccept(b *testing.B) {
+	pkts := acceptPackets(b)
+	for _, m := range testModes {
+		for _, track := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/track=%v", m, track), func(b *testing.B) {
+				d := acceptBench(m, track)
+				for i := range pkts {
+					d.accept(&pkts[i]) // warm the flow table
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					d.accept(&pkts[i&1023])
+					i++
+				}
+			})
+		}
+	}
+}
+
+func TestAcceptDoesNotAllocate(t *testing.T) {
+	pkts := acceptPackets(t)
+	for _, track := range []bool{false, true} {
+		d := acceptBench(hash.SourceIPSourcePort, track)
+		for i := range pkts {
+			d.accept(&pkts[i])
+		}
+		i := 0
+		if allocs := testing.AllocsPerRun(2000, func() { d.accept(&pkts[i&1023]); i++ }); allocs != 0 {
+			t.Errorf("track=%v: accept allocates %v times per packet", track, allocs)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
@@ -19,7 +20,11 @@ type captureSocket struct {
 	conn *packet.Conn
 	raw  syscall.RawConn
 	ifi  *net.Interface
+	fd   int // read directly, blocking, by the worker's own thread
 }
+
+// readTimeout bounds a blocking read so that a worker notices shutdown.
+const readTimeout = 200 * time.Millisecond
 
 // openCaptureSocket binds a raw packet socket to ifi that sees only the
 // frames filter passes (attached before bind), carries the virtio-net
@@ -52,6 +57,20 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter [
 			// Without CAP_NET_ADMIN only the capped size is possible.
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, socketRcvBuf)
 		}
+		if serr != nil {
+			return
+		}
+		// The worker reads on a thread of its own, blocking in the kernel
+		// until frames arrive: no epoll and no goroutine wake-up per batch.
+		tv := unix.NsecToTimeval(readTimeout.Nanoseconds())
+		if serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); serr != nil {
+			serr = fmt.Errorf("SO_RCVTIMEO: %w", serr)
+			return
+		}
+		if serr = unix.SetNonblock(int(fd), false); serr != nil {
+			return
+		}
+		s.fd = int(fd)
 	})
 	if err == nil {
 		err = serr
@@ -107,10 +126,6 @@ func (s *captureSocket) fanoutGroup() (uint16, error) {
 
 // setFilter replaces the socket's filter; the kernel swaps it atomically.
 func (s *captureSocket) setFilter(f []bpf.RawInstruction) error { return s.conn.SetBPF(f) }
-
-// read calls fn with the socket when it is readable, until fn reports done.
-// fn is built by the caller once, so the per-packet path does not allocate.
-func (s *captureSocket) read(fn func(fd uintptr) bool) error { return s.raw.Read(fn) }
 
 // send writes one frame (without virtio-net header) to dst on the interface.
 // Only the slow path (ARP) sends, so the small copy is acceptable.

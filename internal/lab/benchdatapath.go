@@ -40,7 +40,7 @@ type benchResult struct {
 // other, and measures each with the same clients: (1) direct, the VIP as a
 // plain address on one node; (2) kernel, the nftables cluster recipe on all
 // nodes; (3) daemon, this project's daemon on all nodes.
-func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration) (err error) {
+func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers int) (err error) {
 	for _, tool := range []string{"wrk", "iperf3", "nft"} {
 		if _, err := execLookPath(tool); err != nil {
 			return fmt.Errorf("bench needs %s (apt-get install wrk iperf3 nftables)", tool)
@@ -103,7 +103,10 @@ func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration) (err err
 		}},
 		{"daemon", func() error {
 			for i, h := range l.Nodes {
-				p, err := l.StartDaemon(h)
+				if dir := os.Getenv("CIP_BENCH_PROFILE"); dir != "" {
+					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-daemon-" + h.Name + ".prof"}
+				}
+				p, err := l.StartDaemon(h, "--workers", strconv.Itoa(workers))
 				if err != nil {
 					return err
 				}
