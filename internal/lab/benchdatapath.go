@@ -372,7 +372,7 @@ func printBench(w io.Writer, r map[string]*benchResult) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(w, "daemon CPU s per million packets sent, %-8s %.2f (all 3 nodes)\n", k+":", x.cpuPerMpkt[k])
+		fmt.Fprintf(w, "daemon CPU s per million client packets, %-8s %.2f (all 3 nodes; a GSO super-frame counts once)\n", k+":", x.cpuPerMpkt[k])
 	}
 	fmt.Fprintf(w, "daemon CPU during TCP 4 streams: owner %s\n", x.ownerShare)
 	fmt.Fprintf(w, "daemon memory (largest RSS): %.1f MiB\n", x.daemonRSSMB)
