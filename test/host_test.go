@@ -100,7 +100,9 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		})
 	}
 
-	t.Run("delete", func(t *testing.T) {
+	// start starts the daemon with the cluster and checks what it changed.
+	start := func(t *testing.T) *lab.Proc {
+		t.Helper()
 		p, err := l.StartDaemon(h)
 		if err != nil {
 			t.Fatal(err)
@@ -109,6 +111,11 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkRunning()
+		return p
+	}
+
+	t.Run("delete", func(t *testing.T) {
+		p := start(t)
 		if _, err := l.Clusterctl(h, "delete", lab.VIP.String()); err != nil {
 			t.Fatal(err)
 		}
@@ -123,31 +130,17 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 	})
 
 	t.Run("SIGTERM", func(t *testing.T) {
-		p, err := l.StartDaemon(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Clusterctl(h, newArgs...); err != nil {
-			t.Fatal(err)
-		}
-		checkRunning()
-		start := time.Now()
+		p := start(t)
+		began := time.Now()
 		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("daemon exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+		t.Logf("daemon exited %s after SIGTERM", time.Since(began).Round(time.Millisecond))
 		checkRestored("after SIGTERM")
 	})
 
 	t.Run("SIGKILL then restart", func(t *testing.T) {
-		p, err := l.StartDaemon(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Clusterctl(h, newArgs...); err != nil {
-			t.Fatal(err)
-		}
-		checkRunning()
+		p := start(t)
 		if err := p.Stop(syscall.SIGKILL, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +149,7 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		if s := readHost(t, l, h); s.sysctls[watchedSysctls[2]] != "2" {
 			t.Logf("note: settings already back after SIGKILL: %v", s.sysctls)
 		}
-		p, err = l.StartDaemon(h)
+		p, err := l.StartDaemon(h)
 		if err != nil {
 			t.Fatal(err)
 		}

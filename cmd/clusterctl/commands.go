@@ -123,8 +123,8 @@ func drainCommand(client func() daemon.Client) *cobra.Command {
 		Short: "Hand this node's numbers to the others, keeping its open connections until they end",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if _, err := netip.ParseAddr(args[0]); err != nil {
-				return fmt.Errorf("VIP %q: not an IPv4 address", args[0])
+			if err := checkVIP(args[0]); err != nil {
+				return err
 			}
 			return client().Drain(args[0], timeout)
 		},
@@ -139,8 +139,8 @@ func resumeCommand(client func() daemon.Client) *cobra.Command {
 		Short: "Take a drained node's numbers back",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if _, err := netip.ParseAddr(args[0]); err != nil {
-				return fmt.Errorf("VIP %q: not an IPv4 address", args[0])
+			if err := checkVIP(args[0]); err != nil {
+				return err
 			}
 			return client().Resume(args[0])
 		},
@@ -186,8 +186,8 @@ func deleteCommand(client func() daemon.Client) *cobra.Command {
 		Short: "Remove a cluster",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if _, err := netip.ParseAddr(args[0]); err != nil {
-				return fmt.Errorf("VIP %q: not an IPv4 address", args[0])
+			if err := checkVIP(args[0]); err != nil {
+				return err
 			}
 			return client().Delete(args[0])
 		},
@@ -292,4 +292,13 @@ func demoCommand() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&conns, "connections", 300, "connections the client opens in each round")
 	return cmd
+}
+
+// checkVIP refuses a VIP argument that is not an IPv4 address before the
+// daemon is asked anything.
+func checkVIP(s string) error {
+	if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+		return fmt.Errorf("VIP %q: not an IPv4 address", s)
+	}
+	return nil
 }

@@ -276,38 +276,35 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 type events Membership
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
-	m := (*Membership)(e)
-	mem := m.member(n, "alive")
-	e.mu.Lock()
-	e.nodes[n.Name] = mem
-	e.mu.Unlock()
+	mem := e.record(n, "alive")
 	if n.Name != e.name {
 		e.joined.Store(true)
 	}
 	e.log.Info("member joined", "member", n.Name, "addr", mem.Addr)
-	m.notify()
 }
 
 // NotifyLeave comes for a member that failed and for one that left;
 // memberlist does not say which, so both show as dead.
 func (e *events) NotifyLeave(n *memberlist.Node) {
-	m := (*Membership)(e)
-	mem := m.member(n, "dead")
-	mem.Clusters, mem.Pending = nil, false
-	e.mu.Lock()
-	e.nodes[n.Name] = mem
-	e.mu.Unlock()
+	e.record(n, "dead")
 	e.log.Info("member gone", "member", n.Name)
-	m.notify()
 }
 
-func (e *events) NotifyUpdate(n *memberlist.Node) {
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.record(n, "alive") }
+
+// record copies a node into the view (memberlist calls under its lock, so
+// the node is consistent here and only here) and signals a change.
+func (e *events) record(n *memberlist.Node, state string) Member {
 	m := (*Membership)(e)
-	mem := m.member(n, "alive")
+	mem := m.member(n, state)
+	if state == "dead" {
+		mem.Clusters, mem.Pending = nil, false
+	}
 	e.mu.Lock()
 	e.nodes[n.Name] = mem
 	e.mu.Unlock()
 	m.notify()
+	return mem
 }
 
 // slogWriter passes memberlist's log lines to slog at debug level; its
