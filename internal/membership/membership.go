@@ -41,9 +41,14 @@ type Config struct {
 // SuspicionMaxTimeoutMult 2 bounds how long missing confirmations can stretch
 // that. Gossip every 30 ms to 3 nodes spreads a death or a metadata change
 // in a few tens of milliseconds.
+const (
+	probeInterval = 150 * time.Millisecond
+	probeTimeout  = 80 * time.Millisecond
+)
+
 func tune(c *memberlist.Config) {
-	c.ProbeInterval = 150 * time.Millisecond
-	c.ProbeTimeout = 80 * time.Millisecond
+	c.ProbeInterval = probeInterval
+	c.ProbeTimeout = probeTimeout
 	c.IndirectChecks = 3
 	c.SuspicionMult = 2
 	c.SuspicionMaxTimeoutMult = 2
@@ -63,9 +68,10 @@ type Membership struct {
 	name string
 	log  *slog.Logger
 
-	mu    sync.Mutex
-	meta  []byte
-	nodes map[string]Member // every member seen, copied in memberlist's callbacks
+	mu      sync.Mutex
+	meta    []byte
+	nodes   map[string]Member    // every member seen, copied in memberlist's callbacks
+	lastAck map[string]time.Time // last ack to this node's own probe of each member
 
 	changes chan struct{}
 	msgs    chan []byte
@@ -91,6 +97,7 @@ func Start(cfg Config) (*Membership, error) {
 		name:    cfg.Name,
 		log:     cfg.Log,
 		nodes:   map[string]Member{},
+		lastAck: map[string]time.Time{},
 		changes: make(chan struct{}, 1),
 		msgs:    make(chan []byte, 64),
 		done:    make(chan struct{}),
@@ -107,6 +114,7 @@ func Start(cfg Config) (*Membership, error) {
 	c.GossipVerifyOutgoing = cfg.Key != nil
 	c.Delegate = (*delegate)(m)
 	c.Events = (*events)(m)
+	c.Ping = (*pings)(m)
 	c.Logger = log.New(&slogWriter{cfg.Log}, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
@@ -216,10 +224,26 @@ func (m *Membership) Send(name string, msg []byte) error {
 // The view is a copy kept by memberlist's event callbacks, which run under
 // memberlist's lock: the *Node values memberlist hands out are rewritten in
 // place when a member changes, so reading them later would race.
+//
+// memberlist v0.7 keeps its own suspicion to itself, so a live member shows
+// as "suspect" here when this node's direct probes of it have gone unanswered
+// for two rounds of probing. It is for operators; failover waits for
+// memberlist to declare the member dead.
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
 	out := make([]Member, 0, len(m.nodes))
+	live := 0
 	for _, n := range m.nodes {
+		if n.Live() {
+			live++
+		}
+	}
+	suspectAfter := time.Duration(2*max(live-1, 1))*probeInterval + probeTimeout
+	now := time.Now()
+	for _, n := range m.nodes {
+		if at, ok := m.lastAck[n.Name]; ok && n.State == "alive" && n.Name != m.name && now.Sub(at) > suspectAfter {
+			n.State = "suspect"
+		}
 		out = append(out, n)
 	}
 	m.mu.Unlock()
@@ -277,6 +301,9 @@ type events Membership
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	mem := e.record(n, "alive")
+	e.mu.Lock()
+	e.lastAck[n.Name] = time.Now() // a member that just joined is not suspect
+	e.mu.Unlock()
 	if n.Name != e.name {
 		e.joined.Store(true)
 	}
@@ -305,6 +332,16 @@ func (e *events) record(n *memberlist.Node, state string) Member {
 	e.mu.Unlock()
 	m.notify()
 	return mem
+}
+
+type pings Membership
+
+func (p *pings) AckPayload() []byte { return nil }
+
+func (p *pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	p.mu.Lock()
+	p.lastAck[other.Name] = time.Now()
+	p.mu.Unlock()
 }
 
 // slogWriter passes memberlist's log lines to slog at debug level; its
