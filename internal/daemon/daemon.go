@@ -170,8 +170,14 @@ func listenControlSocket(path string) (net.Listener, error) {
 func (d *Daemon) shutdown(ln net.Listener) {
 	ln.Close()
 	if d.ms != nil {
-		// Leaving first lets the others take over at once rather than after
-		// detecting a failure.
+		// Stop answering, then leave: the others take over at once rather
+		// than after detecting a failure, and never while this node still
+		// answers.
+		d.mu.Lock()
+		for _, c := range d.clusters {
+			c.dp.SetPolicy(datapath.Policy{Track: true})
+		}
+		d.mu.Unlock()
 		if err := d.ms.Leave(); err != nil {
 			d.log.Warn("leave membership", "err", err)
 		}
@@ -478,18 +484,16 @@ func (d *Daemon) reconcileAll(ready bool) {
 		}
 	}
 	now := time.Now()
-	send := func(to string, msg []byte) {
-		if err := d.ms.Send(to, msg); err != nil {
-			d.log.Debug("release message", "to", to, "err", err)
-		}
-	}
 	states := make([]membership.ClusterState, 0, len(clusters))
+	var releases []release
 	for _, c := range clusters {
 		c.mu.Lock()
 		switch {
 		case c.dp.Closed():
 		case ready:
-			states = append(states, c.reconcile(me, members, now, send))
+			st, r := c.reconcile(me, members, now)
+			states = append(states, st)
+			releases = append(releases, r...)
 		default:
 			states = append(states, c.fo.localState(c.spec.VIP))
 		}
@@ -497,5 +501,10 @@ func (d *Daemon) reconcileAll(ready bool) {
 	}
 	if err := d.ms.Publish(states); err != nil {
 		d.log.Warn("publish state", "err", err)
+	}
+	for _, r := range releases {
+		if err := d.ms.Send(r.to, r.msg); err != nil {
+			d.log.Debug("release message", "to", r.to, "err", err)
+		}
 	}
 }

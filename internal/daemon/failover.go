@@ -66,7 +66,11 @@ func (f *failover) localState(vip netip.Addr) membership.ClusterState {
 // handoffObserve while the receiver observes, then releases them and keeps
 // its existing flows; the receiver takes a number once no live node serves
 // it. A dead node's numbers are taken at once.
-func (c *cluster) reconcile(me string, members []membership.Member, now time.Time, send func(to string, msg []byte)) membership.ClusterState {
+//
+// It returns the release messages to send once the new state is in effect
+// and published: sent earlier, they would let the receiver answer a number
+// this node's datapath still answers.
+func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
 	f := c.fo
 	vip := c.spec.VIP
 	assigned := membership.Assign(vip, c.spec.TotalNodes, members)
@@ -96,6 +100,7 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 		}
 	}
 
+	var releases []release
 	for _, k := range f.serving.Nodes() {
 		if want.Contains(k) {
 			delete(f.leaving, k)
@@ -111,8 +116,12 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 			f.serving = f.serving.Remove(k)
 			delete(f.leaving, k)
 			f.releasedAt[k] = now
+			// A connectionless flow silent through the whole handoff was
+			// never seen by the receiver, which will take it for new: it
+			// must then be the receiver's alone.
+			c.dp.ForgetQuiet(k, since)
 			if assigned[k] != "" {
-				send(assigned[k], releaseMessage(vip, k, me))
+				releases = append(releases, release{to: assigned[k], msg: releaseMessage(vip, k, me)})
 			}
 			c.log.Info("released", "node", k, "to", assigned[k])
 		}
@@ -145,7 +154,13 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 	dropKept := f.draining && !f.drainEnd.IsZero() && now.After(f.drainEnd)
 	c.dp.SetPolicy(datapath.Policy{Serve: f.serving, Guarded: othersHold, Observe: f.observing, Keep: st.Kept &^ f.serving,
 		Track: true, DropKept: dropKept})
-	return st
+	return st, releases
+}
+
+// release is a release message waiting to be sent.
+type release struct {
+	to  string
+	msg []byte
 }
 
 // A release message tells the receiving node at once that the sender no

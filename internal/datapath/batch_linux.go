@@ -44,3 +44,7 @@ func (b *batch) recv(fd int) (int, error) {
 
 // frame returns the i-th frame of the last recv: virtio-net header first.
 func (b *batch) frame(i int) []byte { return b.bufs[i][:b.msgs[i].Len] }
+
+// truncated tells whether the i-th frame of the last recv did not fit its
+// buffer: half a frame must not reach the stack.
+func (b *batch) truncated(i int) bool { return b.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }

@@ -82,7 +82,8 @@ type Datapath struct {
 
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
-	now    atomic.Int64 // coarse clock for flow timestamps, set by the sweeper
+	// servingSince is when each number last began to be served here.
+	servingSince [nodeset.Max + 1]atomic.Int64
 
 	wg        sync.WaitGroup
 	closing   atomic.Bool
@@ -120,7 +121,6 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	d.policy.Store(&Policy{Serve: nodes})
 	d.filtered = nodes
 	d.flowSt.Store(&FlowStats{})
-	d.now.Store(time.Now().UnixNano())
 	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP, cfg.Workers); err != nil {
 		return nil, err
 	}
@@ -171,6 +171,10 @@ func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 func (d *Datapath) SetPolicy(p Policy) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
+	now := time.Now().UnixNano()
+	for _, n := range (p.Serve &^ d.policy.Load().Serve).Nodes() {
+		d.servingSince[n].Store(now)
+	}
 	old := d.filtered
 	want := p.pass()
 	if want&^old != 0 {
@@ -195,6 +199,18 @@ func (d *Datapath) setFilters(pass nodeset.NodeSet) {
 	if err != nil && !d.closing.Load() {
 		d.log.Error("swap capture filter", "pass", pass.String(), "err", err)
 	}
+}
+
+// switchGap is how long before this node took a number a SYN nobody answered
+// may have been first seen: the time a release message takes to arrive.
+const switchGap = 100 * time.Millisecond
+
+// ForgetQuiet forgets this node's connectionless flows of number node that
+// have been silent since before since, when it hands node over.
+func (d *Datapath) ForgetQuiet(node int, since time.Time) {
+	d.flows.mu.Lock()
+	d.flows.forgetQuiet(uint8(node), since.UnixNano())
+	d.flows.mu.Unlock()
 }
 
 // Config returns the configuration the datapath was opened with.
@@ -231,7 +247,6 @@ func (d *Datapath) sweep() {
 		case <-d.stop:
 			return
 		case now := <-t.C:
-			d.now.Store(now.UnixNano())
 			pol := d.policy.Load()
 			d.flows.mu.Lock()
 			c := d.flows.sweep(now.UnixNano(), pol.Serve, pol.DropKept)

@@ -45,6 +45,11 @@ func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config,
 	macLo := uint32(binary.BigEndian.Uint16(clusterMAC[4:6]))
 
 	p := []bpf.Instruction{
+		// VLAN-tagged frames belong to the VLAN's interface: the kernel
+		// shows them here untagged, with the tag aside.
+		bpf.LoadExtension{Num: bpf.ExtVLANTagPresent},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
 		bpf.LoadAbsolute{Off: 12, Size: 2},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: etherTypeIPv4, SkipTrue: 5},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: etherTypeARP, SkipFalse: 2},

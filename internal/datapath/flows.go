@@ -28,6 +28,7 @@ type flowKey struct {
 }
 
 type flow struct {
+	created  int64
 	lastSeen int64
 	node     uint8 // the number the flow hashes to
 	foreign  bool  // seen while another node served its number: that node's
@@ -38,8 +39,9 @@ type flow struct {
 // flowTable remembers the connections this node serves, so that it keeps
 // serving them when their number moves to another node (drain, rejoin), and
 // the connections another node served while a number was moving here
-// (foreign), so that this node leaves them alone. Each worker has its own:
-// the socket fanout sends every packet of a flow to the same worker.
+// (foreign), so that this node leaves them alone. The workers share it: the
+// fanout sends a flow's fragments and its whole packets to different
+// workers, which must agree on it.
 //
 // When the table is full, new connections are still served but not
 // tracked: a later move of their number cuts them. Stats.FlowsUntracked
@@ -57,7 +59,9 @@ func newFlowTable(max int) *flowTable {
 
 func idleTimeout(f flow, proto uint8) int64 {
 	switch {
-	case f.closing:
+	case f.closing, proto == protoTCP && !f.opened:
+		// A SYN nobody completed (a scan, a flood) must not hold a slot
+		// for minutes.
 		return int64(flowIdleClosing)
 	case proto == protoTCP:
 		return int64(flowIdleTCP)
@@ -104,4 +108,14 @@ func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowC
 		}
 	}
 	return c
+}
+
+// forgetQuiet forgets this node's own connectionless flows of number node
+// that have been silent since before since.
+func (t *flowTable) forgetQuiet(node uint8, since int64) {
+	for k, f := range t.m {
+		if k.proto != protoTCP && !f.foreign && f.node == node && f.lastSeen < since {
+			delete(t.m, k)
+		}
+	}
 }

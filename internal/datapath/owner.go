@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/clusterip/clusterip/hash"
 )
@@ -122,7 +123,7 @@ func (d *Datapath) accept(p *ipv4Packet) bool {
 		return pol.Serve.Contains(f.node)
 	}
 	t := d.flows
-	now := d.now.Load()
+	now := time.Now().UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e, ok := t.m[f.key]; ok {
@@ -136,9 +137,11 @@ func (d *Datapath) accept(p *ipv4Packet) bool {
 		case !e.foreign:
 			t.m[f.key] = e
 			return true
-		case f.syn && !pol.Observe.Contains(f.node):
-			// A SYN again, and nothing else ever: nobody answered the
-			// first one (it came between a release and the takeover).
+		case f.syn && !pol.Observe.Contains(f.node) && e.created >= d.servingSince[f.node].Load()-int64(switchGap):
+			// A SYN again, and nothing else ever, first seen just before
+			// this node took the number: it came between the release and
+			// the takeover, and nobody answered it. (One seen earlier was
+			// the other node's; its SYN-ACK may just have been lost.)
 		case pol.Guarded.Contains(f.node) || pol.Observe.Contains(f.node):
 			t.m[f.key] = e
 			return false
@@ -147,13 +150,13 @@ func (d *Datapath) accept(p *ipv4Packet) bool {
 	}
 	switch {
 	case pol.Observe.Contains(f.node):
-		t.add(f.key, flow{lastSeen: now, node: uint8(f.node), foreign: true, opened: f.key.proto == protoTCP && !f.syn})
+		t.add(f.key, flow{created: now, lastSeen: now, node: uint8(f.node), foreign: true, opened: f.key.proto == protoTCP && !f.syn})
 		return false
 	case !pol.Serve.Contains(f.node):
 		return false
 	case pol.Guarded.Contains(f.node) && !f.opens:
 		return false
 	}
-	t.add(f.key, flow{lastSeen: now, node: uint8(f.node), closing: f.closes, opened: f.key.proto == protoTCP && !f.syn})
+	t.add(f.key, flow{created: now, lastSeen: now, node: uint8(f.node), closing: f.closes, opened: f.key.proto == protoTCP && !f.syn})
 	return true
 }

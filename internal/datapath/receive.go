@@ -54,6 +54,10 @@ func (w *worker) run() {
 			continue
 		}
 		for i := 0; i < n; i++ {
+			if w.batch.truncated(i) {
+				w.stats.malformed.Add(1)
+				continue
+			}
 			w.handle(w.batch.frame(i))
 		}
 	}
@@ -83,7 +87,9 @@ func (w *worker) handleIPv4(b []byte) {
 		w.stats.malformed.Add(1)
 		return
 	}
-	if !d.owner.needsFragmentTable(&p) {
+	// With flow tracking every fragment goes through the table: a later
+	// fragment's "ports" are payload, and must not be judged as a flow.
+	if !d.owner.needsFragmentTable(&p) && !(p.fragment() && d.policy.Load().Track) {
 		w.deliver(b, d.accept(&p))
 		return
 	}

@@ -75,6 +75,14 @@ func (c Check) Validate() error {
 	return nil
 }
 
+// checkClient opens a fresh connection for every check, as a new client
+// would (a pooled one could pass while the service refuses new ones), and
+// judges the first answer, not where a redirect leads.
+var checkClient = &http.Client{
+	Transport:     &http.Transport{DisableKeepAlives: true},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
 // probe runs the check once. A tcp check connects to the VIP, which is local
 // on the node, so it tests the service exactly where clients reach it.
 func (c Check) probe(ctx context.Context, vip netip.Addr) error {
@@ -97,7 +105,7 @@ func (c Check) probe(ctx context.Context, vip netip.Addr) error {
 		if err != nil {
 			return err
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := checkClient.Do(req)
 		if err != nil {
 			return err
 		}

@@ -134,6 +134,10 @@ func (m *Membership) join(peers []string, port int) {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			p = net.JoinHostPort(p, strconv.Itoa(port))
 		}
+		// Members are known by IP:port; a host name would never match.
+		if a, err := net.ResolveTCPAddr("tcp4", p); err == nil {
+			p = a.String()
+		}
 		addrs = append(addrs, p)
 	}
 	t := time.NewTicker(time.Second)
@@ -227,7 +231,7 @@ func (m *Membership) Send(name string, msg []byte) error {
 //
 // memberlist v0.7 keeps its own suspicion to itself, so a live member shows
 // as "suspect" here when this node's direct probes of it have gone unanswered
-// for two rounds of probing. It is for operators; failover waits for
+// for three rounds of probing. It is for operators; failover waits for
 // memberlist to declare the member dead.
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
@@ -238,7 +242,7 @@ func (m *Membership) Members() []Member {
 			live++
 		}
 	}
-	suspectAfter := time.Duration(2*max(live-1, 1))*probeInterval + probeTimeout
+	suspectAfter := time.Duration(3*max(live-1, 1))*probeInterval + probeTimeout
 	now := time.Now()
 	for _, n := range m.nodes {
 		if at, ok := m.lastAck[n.Name]; ok && n.State == "alive" && n.Name != m.name && now.Sub(at) > suspectAfter {
@@ -258,7 +262,11 @@ func (m *Membership) member(n *memberlist.Node, state string) Member {
 	mem := Member{Name: n.Name, Addr: n.Address(), State: state, Pending: len(n.Meta) == 0}
 	clusters, err := DecodeMeta(n.Meta)
 	if err != nil {
+		// Metadata this version cannot read (a newer daemon in a rolling
+		// upgrade, or garbage): nobody can tell what that member serves, so
+		// it holds readiness back like a member that has not spoken yet.
 		m.log.Warn("member metadata", "member", n.Name, "err", err)
+		mem.Pending = true
 	}
 	mem.Clusters = clusters
 	return mem
