@@ -411,3 +411,28 @@ func TestControlFileUnderFailover(t *testing.T) {
 		t.Errorf("+2 on n2, whose home 2 is: %v %q, want ENOMEM", err, out)
 	}
 }
+
+// drain --timeout: connections the drained node still has when the timeout
+// passes are dropped there, and the number's new owner resets them.
+func TestDrainTimeoutEndsKeptConnections(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	kept := c.openLong(1, 2, 50000)
+	c.ctl(n1, "drain", lab.VIP.String(), "--timeout", "4s")
+	eventually(t, 5*time.Second, "n1 drained", func() (bool, string) {
+		return c.serving(n1) == "", c.servingAll()
+	})
+	checkLong(t, "before the drain timeout", kept)
+	eventually(t, 8*time.Second, "kept connections reset after the timeout", func() (bool, string) {
+		reset := 0
+		for _, l := range kept {
+			if _, err := l.exchange("still there?"); err != nil {
+				reset++
+			}
+		}
+		return reset == len(kept), fmt.Sprintf("%d of %d reset", reset, len(kept))
+	})
+	if st := status(t, c, n1)[0]; st.Flows.Kept != 0 {
+		t.Errorf("n1 still keeps %d flows after the drain timeout", st.Flows.Kept)
+	}
+}
