@@ -37,6 +37,11 @@ func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *
 		}
 		c.startFailoverDaemon(h, key, i+1, extra...)
 	}
+	for _, h := range c.Nodes {
+		if err := c.WaitListening(h, 7); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c.waitHome()
 	return c
 }

@@ -94,6 +94,11 @@ func newCluster(t *testing.T, nodes int, mode string, router bool) *cluster {
 			t.Fatal(err)
 		}
 	}
+	for _, h := range c.Nodes {
+		if err := c.WaitListening(h, 7); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := c.WaitServing(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -208,9 +208,7 @@ const switchGap = 100 * time.Millisecond
 // ForgetQuiet forgets this node's connectionless flows of number node that
 // have been silent since before since, when it hands node over.
 func (d *Datapath) ForgetQuiet(node int, since time.Time) {
-	d.flows.mu.Lock()
 	d.flows.forgetQuiet(uint8(node), since.UnixNano())
-	d.flows.mu.Unlock()
 }
 
 // Config returns the configuration the datapath was opened with.
@@ -248,12 +246,9 @@ func (d *Datapath) sweep() {
 			return
 		case now := <-t.C:
 			pol := d.policy.Load()
-			d.flows.mu.Lock()
 			c := d.flows.sweep(now.UnixNano(), pol.Serve, pol.DropKept)
-			untracked := d.flows.untracked
-			d.flows.mu.Unlock()
 			d.flowSt.Store(&FlowStats{Tracked: c.tracked, Kept: c.kept, Foreign: c.foreign,
-				Untracked: untracked, KeptNumbers: c.keptNumbers, SweptAt: now})
+				Untracked: c.untracked, KeptNumbers: c.keptNumbers, SweptAt: now})
 		}
 	}
 }

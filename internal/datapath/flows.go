@@ -39,22 +39,39 @@ type flow struct {
 // flowTable remembers the connections this node serves, so that it keeps
 // serving them when their number moves to another node (drain, rejoin), and
 // the connections another node served while a number was moving here
-// (foreign), so that this node leaves them alone. The workers share it: the
+// (foreign), so that this node leaves them alone. The workers share it (the
 // fanout sends a flow's fragments and its whole packets to different
-// workers, which must agree on it.
+// workers, which must agree on it), split into shards with a lock each, so
+// that workers rarely meet and a sweep holds up one shard at a time.
 //
 // When the table is full, new connections are still served but not
-// tracked: a later move of their number cuts them. Stats.FlowsUntracked
+// tracked: a later move of their number cuts them. FlowStats.Untracked
 // counts them.
 type flowTable struct {
-	mu        sync.Mutex // taken per packet by the reader, uncontended but for the sweep
+	shards [flowShards]flowShard
+}
+
+const flowShards = 64
+
+type flowShard struct {
+	mu        sync.Mutex
 	m         map[flowKey]flow
 	max       int
 	untracked uint64
 }
 
 func newFlowTable(max int) *flowTable {
-	return &flowTable{m: make(map[flowKey]flow), max: max}
+	t := &flowTable{}
+	for i := range t.shards {
+		t.shards[i] = flowShard{m: make(map[flowKey]flow), max: max/flowShards + 1}
+	}
+	return t
+}
+
+// shard returns the shard of k (a multiplicative hash of its fields).
+func (t *flowTable) shard(k flowKey) *flowShard {
+	h := (k.src ^ uint32(k.sport)<<16 ^ uint32(k.dport) ^ uint32(k.proto)<<8) * 0x9e3779b1
+	return &t.shards[h>>(32-6)]
 }
 
 func idleTimeout(f flow, proto uint8) int64 {
@@ -71,8 +88,8 @@ func idleTimeout(f flow, proto uint8) int64 {
 	return int64(flowIdleOther)
 }
 
-// add records a flow; it reports false when the table is full.
-func (t *flowTable) add(k flowKey, f flow) bool {
+// add records a flow; it reports false when the shard is full.
+func (t *flowShard) add(k flowKey, f flow) bool {
 	if _, ok := t.m[k]; !ok && len(t.m) >= t.max {
 		t.untracked++
 		return false
@@ -84,14 +101,26 @@ func (t *flowTable) add(k flowKey, f flow) bool {
 // flowCounts is what a sweep learns about a table.
 type flowCounts struct {
 	tracked, kept, foreign int
+	untracked              uint64
 	keptNumbers            nodeset.NodeSet // numbers with kept flows
 }
 
 // sweep forgets idle flows and, with dropKept, every kept one; it counts
 // the rest. Flows of numbers in serve are this node's own; the others are
-// kept from before a move.
+// kept from before a move. It locks one shard at a time.
 func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowCounts {
 	var c flowCounts
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		s.sweep(now, serve, dropKept, &c)
+		c.untracked += s.untracked
+		s.mu.Unlock()
+	}
+	return c
+}
+
+func (t *flowShard) sweep(now int64, serve nodeset.NodeSet, dropKept bool, c *flowCounts) {
 	for k, f := range t.m {
 		kept := !f.foreign && !serve.Contains(int(f.node))
 		if now-f.lastSeen > idleTimeout(f, k.proto) || (kept && dropKept) {
@@ -107,15 +136,19 @@ func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowC
 			c.keptNumbers = c.keptNumbers.Add(int(f.node))
 		}
 	}
-	return c
 }
 
 // forgetQuiet forgets this node's own connectionless flows of number node
 // that have been silent since before since.
 func (t *flowTable) forgetQuiet(node uint8, since int64) {
-	for k, f := range t.m {
-		if k.proto != protoTCP && !f.foreign && f.node == node && f.lastSeen < since {
-			delete(t.m, k)
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, f := range s.m {
+			if k.proto != protoTCP && !f.foreign && f.node == node && f.lastSeen < since {
+				delete(s.m, k)
+			}
 		}
+		s.mu.Unlock()
 	}
 }

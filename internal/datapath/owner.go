@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"encoding/binary"
-	"time"
 
 	"github.com/clusterip/clusterip/hash"
 )
@@ -116,14 +115,15 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 //
 // A dead node holds nothing, so its connections reach rule 4 and are reset
 // by the new owner's stack at their next packet.
-func (d *Datapath) accept(p *ipv4Packet) bool {
+//
+// now is the time the packet's batch was read: one clock read per batch.
+func (d *Datapath) accept(p *ipv4Packet, now int64) bool {
 	f := d.owner.flow(p)
 	pol := d.policy.Load()
 	if !pol.Track {
 		return pol.Serve.Contains(f.node)
 	}
-	t := d.flows
-	now := time.Now().UnixNano()
+	t := d.flows.shard(f.key)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e, ok := t.m[f.key]; ok {

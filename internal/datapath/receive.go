@@ -53,18 +53,20 @@ func (w *worker) run() {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		now := time.Now().UnixNano()
 		for i := 0; i < n; i++ {
 			if w.batch.truncated(i) {
 				w.stats.malformed.Add(1)
 				continue
 			}
-			w.handle(w.batch.frame(i))
+			w.handle(w.batch.frame(i), now)
 		}
 	}
 }
 
-// handle takes one virtio-net header plus frame. It must not retain b.
-func (w *worker) handle(b []byte) {
+// handle takes one virtio-net header plus frame, read at now. It must not
+// retain b.
+func (w *worker) handle(b []byte, now int64) {
 	if len(b) < vnetHdrLen+ethHdrLen {
 		w.stats.malformed.Add(1)
 		return
@@ -72,7 +74,7 @@ func (w *worker) handle(b []byte) {
 	frame := b[vnetHdrLen:]
 	switch binary.BigEndian.Uint16(frame[12:14]) {
 	case etherTypeIPv4:
-		w.handleIPv4(b)
+		w.handleIPv4(b, now)
 	case etherTypeARP:
 		w.handleARP(frame)
 	default:
@@ -80,7 +82,7 @@ func (w *worker) handle(b []byte) {
 	}
 }
 
-func (w *worker) handleIPv4(b []byte) {
+func (w *worker) handleIPv4(b []byte, now int64) {
 	d := w.d
 	var p ipv4Packet
 	if !parseIPv4(b[vnetHdrLen+ethHdrLen:], &p) || p.dst != d.vipAddr {
@@ -90,13 +92,12 @@ func (w *worker) handleIPv4(b []byte) {
 	// With flow tracking every fragment goes through the table: a later
 	// fragment's "ports" are payload, and must not be judged as a flow.
 	if !d.owner.needsFragmentTable(&p) && !(p.fragment() && d.policy.Load().Track) {
-		w.deliver(b, d.accept(&p))
+		w.deliver(b, d.accept(&p, now))
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
-	now := time.Now().UnixNano()
 	if p.fragOff == 0 {
-		ok := d.accept(&p)
+		ok := d.accept(&p, now)
 		v := fragDrop
 		if ok {
 			v = fragAccept

@@ -396,12 +396,12 @@ func BenchmarkAccept(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/track=%v", m, track), func(b *testing.B) {
 				d := acceptBench(m, track)
 				for i := range pkts {
-					d.accept(&pkts[i]) // warm the flow table
+					d.accept(&pkts[i], 1) // warm the flow table
 				}
 				b.ReportAllocs()
 				i := 0
 				for b.Loop() {
-					d.accept(&pkts[i&1023])
+					d.accept(&pkts[i&1023], 1)
 					i++
 				}
 			})
@@ -414,10 +414,10 @@ func TestAcceptDoesNotAllocate(t *testing.T) {
 	for _, track := range []bool{false, true} {
 		d := acceptBench(hash.SourceIPSourcePort, track)
 		for i := range pkts {
-			d.accept(&pkts[i])
+			d.accept(&pkts[i], 1)
 		}
 		i := 0
-		if allocs := testing.AllocsPerRun(2000, func() { d.accept(&pkts[i&1023]); i++ }); allocs != 0 {
+		if allocs := testing.AllocsPerRun(2000, func() { d.accept(&pkts[i&1023], 1); i++ }); allocs != 0 {
 			t.Errorf("track=%v: accept allocates %v times per packet", track, allocs)
 		}
 	}

@@ -68,6 +68,11 @@ func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers 
 			return err
 		}
 	}
+	for _, h := range l.Nodes {
+		if err := l.WaitListening(h, 7); err != nil {
+			return err
+		}
+	}
 	daemons := map[string]*Proc{}
 	setups := []benchSetup{
 		{"direct", func() error {

@@ -124,6 +124,11 @@ func (f *failoverLab) setup() error {
 			return err
 		}
 	}
+	for _, h := range f.Nodes {
+		if err := f.WaitListening(h, 7); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

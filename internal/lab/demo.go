@@ -54,6 +54,11 @@ func Demo(ctx context.Context, w io.Writer, conns int) (err error) {
 			return err
 		}
 	}
+	for _, n := range l.Nodes {
+		if err := l.WaitListening(n, 7); err != nil {
+			return err
+		}
+	}
 	if err := l.WaitServing(ctx); err != nil {
 		return err
 	}

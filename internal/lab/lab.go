@@ -350,3 +350,21 @@ func (l *Lab) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// WaitListening waits until something in h listens on port (TCP and UDP),
+// as /proc/net/{tcp,udp} in h's namespace show it.
+func (l *Lab) WaitListening(h *Host, port int) error {
+	want := fmt.Sprintf(":%04X ", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tcp, err1 := l.Run(h, "cat", "/proc/net/tcp")
+		udp, err2 := l.Run(h, "cat", "/proc/net/udp")
+		if err1 == nil && err2 == nil && strings.Contains(tcp, want) && strings.Contains(udp, want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on port %d in %s", port, h.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
