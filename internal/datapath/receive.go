@@ -45,6 +45,9 @@ func (w *worker) run() {
 		switch err {
 		case nil:
 		case unix.EAGAIN, unix.EINTR:
+			// Quiet for a read timeout: a good moment to let go of
+			// fragments whose datagram never completed.
+			w.frags.sweep(time.Now().UnixNano())
 			continue
 		default:
 			// The interface went down or away; the socket stays bound and
