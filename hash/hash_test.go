@@ -548,17 +548,6 @@ func TestNodeForPortsErrors(t *testing.T) {
 	}
 }
 
-// ipv4 builds a minimal IPv4 packet with the given protocol and payload.
-func ipv4(proto uint8, src string, fragOff uint16, payload ...byte) []byte {
-	b := make([]byte, 20, 20+len(payload))
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[6:8], fragOff)
-	b[9] = proto
-	a := netip.MustParseAddr(src).As4()
-	copy(b[12:16], a[:])
-	return append(b, payload...)
-}
-
 func TestNodeDoesNotAllocate(t *testing.T) {
 	c := cfg(hash.SourceIPSourcePortDestPort, 7, 42)
 	var sink int

@@ -8,6 +8,8 @@ import (
 	"time"
 )
 
+var errNoDaemon = errors.New("no daemon listening")
+
 // Client talks to a running daemon over its control socket.
 type Client struct {
 	Socket string

@@ -223,8 +223,6 @@ func ParseConfig(name string, r io.Reader) ([]Spec, error) {
 	return specs, nil
 }
 
-var errNoDaemon = errors.New("no daemon listening")
-
 // joinQuoted joins args with spaces, single-quoting those that need it as a
 // POSIX shell would, so a saved line can also be pasted after `clusterctl`.
 func joinQuoted(args []string) string {

@@ -27,6 +27,13 @@ func (o *Owner) needsFragmentTable(p *ipv4Packet) bool {
 	return p.fragment() && (o.Hash.Mode.UsesPorts() || p.proto == protoICMP)
 }
 
+// viaFragmentTable tells whether p is judged through the fragment table.
+// With flow tracking every fragment is: a later fragment's "ports" are
+// payload, and must not be judged as a flow.
+func (d *Datapath) viaFragmentTable(p *ipv4Packet) bool {
+	return d.owner.needsFragmentTable(p) || (p.fragment() && d.policy.Load().Track)
+}
+
 // packetFlow is what the ownership decision needs to know about a packet:
 // the number it hashes to and the connection it belongs to.
 type packetFlow struct {

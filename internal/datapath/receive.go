@@ -92,9 +92,7 @@ func (w *worker) handleIPv4(b []byte, now int64) {
 		w.stats.malformed.Add(1)
 		return
 	}
-	// With flow tracking every fragment goes through the table: a later
-	// fragment's "ports" are payload, and must not be judged as a flow.
-	if !d.owner.needsFragmentTable(&p) && !(p.fragment() && d.policy.Load().Track) {
+	if !d.viaFragmentTable(&p) {
 		w.deliver(b, d.accept(&p, now))
 		return
 	}

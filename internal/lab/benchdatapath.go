@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -42,7 +43,7 @@ type benchResult struct {
 // nodes; (3) daemon, this project's daemon on all nodes.
 func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers int) (err error) {
 	for _, tool := range []string{"wrk", "iperf3", "nft"} {
-		if _, err := execLookPath(tool); err != nil {
+		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("bench needs %s (apt-get install wrk iperf3 nftables)", tool)
 		}
 	}
@@ -176,7 +177,7 @@ table arp cip {
 
 func (l *Lab) runAll(cmds [][]string) error {
 	for _, c := range cmds {
-		if out, err := execCommand(c[0], c[1:]...).CombinedOutput(); err != nil {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
 			return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
@@ -196,8 +197,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 		return m
 	}
 	tx := func() float64 {
-		b, _ := os.ReadFile("/proc/self/net/dev") // not the client's: read through the client's namespace
-		_ = b
+		// Read through the client's namespace: this process's /proc/net is the host's.
 		out, err := l.Run(l.Client, "cat", "/proc/net/dev")
 		if err != nil {
 			return 0

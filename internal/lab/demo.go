@@ -118,6 +118,7 @@ func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
 	if err != nil {
 		return err
 	}
+	holder := l.holders()
 	served := map[string]int{}
 	predicted := map[int]int{}
 	wrong, failed := 0, 0
@@ -132,7 +133,7 @@ func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
 		}
 		predicted[node]++
 		served[r.Node]++
-		if r.Node != l.servingNode(node) {
+		if r.Node != holder[node] {
 			wrong++
 		}
 	}
@@ -145,7 +146,7 @@ func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
 	for _, name := range names {
 		want := 0
 		for node, c := range predicted {
-			if l.servingNode(node) == name {
+			if holder[node] == name {
 				want += c
 			}
 		}
@@ -158,21 +159,22 @@ func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
 	return nil
 }
 
-// servingNode names the host that holds node number k, from the control
-// files: exactly what each daemon answers for right now.
-func (l *Lab) servingNode(k int) string {
+// holders maps each node number to the host that holds it, from the
+// control files: exactly what each daemon answers for right now.
+func (l *Lab) holders() map[int]string {
+	h := map[int]string{}
 	for _, n := range l.Nodes {
 		b, err := os.ReadFile(l.ControlFile(n))
 		if err != nil {
 			continue
 		}
 		for _, f := range strings.Split(strings.TrimSpace(string(b)), ",") {
-			if f == strconv.Itoa(k) {
-				return n.Name
+			if k, err := strconv.Atoi(f); err == nil {
+				h[k] = n.Name
 			}
 		}
 	}
-	return ""
+	return h
 }
 
 // FormatProbeReport is the lab probe's output: "PORT NODE" or "PORT - ERROR".

@@ -1,8 +1,0 @@
-package lab
-
-import "os/exec"
-
-var (
-	execLookPath = exec.LookPath
-	execCommand  = exec.Command
-)
