@@ -9,17 +9,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterip/clusterip/internal/daemon"
 	"github.com/clusterip/clusterip/internal/lab"
 )
 
 var modes = []string{"sourceip", "sourceip-sourceport", "sourceip-sourceport-destport"}
 
 // Each TCP connection is served by exactly the node `clusterctl hash`
-// names, in every hash mode, with curl as the client.
+// names, in every hash mode, with curl as the client: through the kernel
+// path with --datapath auto, through user space with --datapath user.
 func TestTCPConnectionServedByHashedNode(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) {
-			c := newCluster(t, 3, mode, false)
+	for _, tc := range []struct{ mode, datapath string }{
+		{modes[0], "auto"}, {modes[1], "auto"}, {modes[2], "auto"}, {modes[1], "user"}, {modes[2], "user"},
+	} {
+		mode := tc.mode
+		t.Run(tc.mode+"/"+tc.datapath, func(t *testing.T) {
+			c := newCluster(t, 3, mode, false, "--datapath", tc.datapath)
+			before := map[string]daemon.ClusterStatus{}
+			for _, h := range c.Nodes {
+				before[h.Name] = status(t, c, h)[0]
+			}
 			seen := map[string]int{}
 			for port := 40100; port < 40124; port++ {
 				want := fmt.Sprintf("n%d", predict(t, mode, 3, lab.ClientAddr.String(), port, 80))
@@ -34,6 +43,24 @@ func TestTCPConnectionServedByHashedNode(t *testing.T) {
 			}
 			if mode != "sourceip" && len(seen) != 3 {
 				t.Errorf("24 connections reached only %v; a port mode should spread them over all 3 nodes", seen)
+			}
+			// Every connection is several packets from the client; they
+			// must have gone the way --datapath says.
+			for _, h := range c.Nodes {
+				if seen[h.Name] == 0 {
+					continue
+				}
+				st := status(t, c, h)[0]
+				viaKernel := st.Stats.KernelTaken - before[h.Name].Stats.KernelTaken
+				viaUser := st.Stats.Owned - before[h.Name].Stats.Owned
+				switch {
+				case tc.datapath == "auto" && (!st.KernelPath || st.Kernel != st.Serving || viaKernel < uint64(3*seen[h.Name]) || viaUser != 0):
+					t.Errorf("%s: kernel path %v for %s (serving %s), %d packets through it and %d through user space for %d connections",
+						h.Name, st.KernelPath, st.Kernel, st.Serving, viaKernel, viaUser, seen[h.Name])
+				case tc.datapath == "user" && (st.KernelPath || viaUser < uint64(3*seen[h.Name])):
+					t.Errorf("%s: --datapath user, but kernel path %v, %d packets through user space for %d connections",
+						h.Name, st.KernelPath, viaUser, seen[h.Name])
+				}
 			}
 		})
 	}

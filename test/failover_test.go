@@ -263,11 +263,16 @@ func TestFailoverKillAndReturn(t *testing.T) {
 
 // Drain hands the numbers away for new connections while the node keeps
 // serving the ones it has; resume takes them back, and connections the
-// others opened meanwhile stay with them.
+// others opened meanwhile stay with them. The connections opened before are
+// served by the kernel path and idle through the handoff: the flow table
+// learns them from the socket table.
 func TestDrainAndResumeKeepConnections(t *testing.T) {
 	c := newFailoverCluster(t, 3, "sourceip-sourceport")
 	n1 := c.Nodes[0]
 	before := c.openLong(1, 4, 47000)
+	if st := status(t, c, n1)[0]; !st.KernelPath || st.Kernel != st.Serving || st.Stats.KernelTaken == 0 {
+		t.Errorf("settled n1: kernel path %v for %s (serving %s), %d packets through it", st.KernelPath, st.Kernel, st.Serving, st.Stats.KernelTaken)
+	}
 	c.ctl(n1, "drain", lab.VIP.String())
 	eventually(t, 5*time.Second, "n1 drained", func() (bool, string) {
 		return c.serving(n1) == "", c.servingAll()

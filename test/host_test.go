@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/lab"
 )
@@ -19,6 +22,7 @@ type hostState struct {
 	links   string // names of links
 	maddrs  string // link-layer multicast memberships of eth0
 	mounted bool   // control directory mounted
+	ingress int    // eBPF programs on eth0's TCX ingress hook (the kernel path)
 }
 
 var watchedSysctls = []string{
@@ -50,6 +54,20 @@ func readHost(t *testing.T, l *lab.Lab, h *lab.Host) hostState {
 		t.Fatal(err)
 	}
 	s.mounted = strings.Contains(string(mounts), " "+l.ControlDir(h)+" ")
+	err = inNetns(h.NS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		q, err := link.QueryPrograms(link.QueryOptions{Target: ifi.Index, Attach: ebpf.AttachTCXIngress})
+		if err == nil {
+			s.ingress = len(q.Programs)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 
@@ -59,7 +77,7 @@ func (s hostState) equal(o hostState) bool {
 			return false
 		}
 	}
-	return s.links == o.links && s.maddrs == o.maddrs && s.mounted == o.mounted
+	return s.links == o.links && s.maddrs == o.maddrs && s.mounted == o.mounted && s.ingress == o.ingress
 }
 
 // A daemon stopped with SIGTERM, or a cluster deleted, leaves the node as it
@@ -89,6 +107,9 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		}
 		if !s.mounted {
 			t.Errorf("running cluster: control directory not mounted")
+		}
+		if s.ingress != before.ingress+1 {
+			t.Errorf("running cluster: %d programs on eth0's TCX ingress, want the kernel path's", s.ingress)
 		}
 	}
 	checkRestored := func(when string) {
@@ -144,8 +165,12 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		if err := p.Stop(syscall.SIGKILL, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		// The kernel takes the TAP and the membership with the process; the
-		// sysctls and the mount are left for the next start.
+		// The kernel takes the TAP, the membership and the kernel path's
+		// program with the process; the sysctls and the mount are left for
+		// the next start.
+		if s := readHost(t, l, h); s.ingress != before.ingress {
+			t.Errorf("after SIGKILL: %d programs left on eth0's TCX ingress", s.ingress)
+		}
 		if s := readHost(t, l, h); s.sysctls[watchedSysctls[2]] != "2" {
 			t.Logf("note: settings already back after SIGKILL: %v", s.sysctls)
 		}

@@ -118,9 +118,17 @@ func TestBadConfigRefused(t *testing.T) {
 }
 
 // Truncated and malformed frames sent to the cluster MAC are counted and
-// dropped; the daemon keeps running and serving.
+// dropped; the daemon keeps running and serving. User space's parser is
+// checked with --datapath user; with the kernel path, the kernel's own
+// checks judge the whole frames it takes.
 func TestMalformedFramesDropped(t *testing.T) {
-	c := newCluster(t, 1, "sourceip-sourceport", false)
+	for _, dp := range []string{"user", "auto"} {
+		t.Run(dp, func(t *testing.T) { testMalformedFrames(t, dp) })
+	}
+}
+
+func testMalformedFrames(t *testing.T, datapath string) {
+	c := newCluster(t, 1, "sourceip-sourceport", false, "--datapath", datapath)
 	n1 := c.Nodes[0]
 	clientIfi := &net.Interface{}
 	var conn *packet.Conn
@@ -177,12 +185,20 @@ func TestMalformedFramesDropped(t *testing.T) {
 	// kinds, three are valid IPv4 (trailing bytes, options without L4, an
 	// ICMP error with a cut quote) and go to the stack, which judges them;
 	// the later fragment is held for a first fragment that never comes.
-	eventually(t, 3*time.Second, "malformed frames counted", func() (bool, string) {
-		st := status(t, c, n1)[0].Stats
-		return st.Malformed >= before.Malformed+3*20, fmt.Sprintf("%+v", st)
-	})
-	if after := status(t, c, n1)[0].Stats; after.Owned-before.Owned != 3*20 {
-		t.Errorf("delivered %d frames, want the 60 valid ones", after.Owned-before.Owned)
+	if datapath == "user" {
+		eventually(t, 3*time.Second, "malformed frames counted", func() (bool, string) {
+			st := status(t, c, n1)[0].Stats
+			return st.Malformed >= before.Malformed+3*20, fmt.Sprintf("%+v", st)
+		})
+		if after := status(t, c, n1)[0].Stats; after.Owned-before.Owned != 3*20 {
+			t.Errorf("delivered %d frames, want the 60 valid ones", after.Owned-before.Owned)
+		}
+	} else {
+		// The orphan fragments still go to user space, to be held.
+		eventually(t, 3*time.Second, "fragments held", func() (bool, string) {
+			st := status(t, c, n1)[0].Stats
+			return st.HeldFrags >= before.HeldFrags+20, fmt.Sprintf("%+v", st)
+		})
 	}
 	if err := c.WaitServing(context.Background()); err != nil {
 		t.Fatalf("daemon stopped serving after malformed frames: %v", err)

@@ -79,11 +79,11 @@ type cluster struct {
 	daemons map[string]*lab.Proc
 }
 
-func newCluster(t *testing.T, nodes int, mode string, router bool) *cluster {
+func newCluster(t *testing.T, nodes int, mode string, router bool, daemonArgs ...string) *cluster {
 	t.Helper()
 	c := &cluster{Lab: newLab(t, nodes, router), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
 	for i, h := range c.Nodes {
-		p, err := c.StartDaemon(h)
+		p, err := c.StartDaemon(h, daemonArgs...)
 		if err != nil {
 			t.Fatal(err)
 		}

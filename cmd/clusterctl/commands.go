@@ -55,6 +55,7 @@ func daemonCommand(socket *string) *cobra.Command {
 	var m daemon.MembershipOptions
 	var debug bool
 	var workers int
+	var dpMode string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the daemon in the foreground (systemd runs it)",
@@ -63,7 +64,10 @@ func daemonCommand(socket *string) *cobra.Command {
 			if workers < 0 || workers > 256 {
 				return fmt.Errorf("--workers %d: want 0 (one per CPU)..256", workers)
 			}
-			opts := daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config, Workers: workers}
+			if dpMode != "auto" && dpMode != "user" {
+				return fmt.Errorf("--datapath %q: want auto or user", dpMode)
+			}
+			opts := daemon.Options{ControlDir: controlDir, Socket: *socket, ConfigFile: config, Workers: workers, UserOnly: dpMode == "user"}
 			if cmd.Flags().Changed("peers") {
 				if bind != "" {
 					b, err := netip.ParseAddr(bind)
@@ -103,6 +107,7 @@ func daemonCommand(socket *string) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&controlDir, "control-dir", daemon.DefaultControlDir, "directory of the control files (one per VIP)")
+	f.StringVar(&dpMode, "datapath", "auto", "auto: the kernel answers settled connections itself (eBPF on TCX, Linux 6.6+), user space the rest; user: every packet through user space")
 	f.StringVar(&config, "config", "", "create the clusters this file declares at start (see clusterctl save)")
 	f.StringSliceVar(&m.Peers, "peers", nil, "turn on heartbeats and automatic failover, joining these nodes (ADDR[:PORT],...; may include this node)")
 	f.StringVar(&bind, "bind", "", "address to gossip on (default: this host's address towards the first peer)")

@@ -20,14 +20,18 @@ func dash(s nodeset.NodeSet) string {
 // one table of members per cluster.
 func printStatus(out io.Writer, st []daemon.ClusterStatus) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tCLUSTERMAC\tTOTAL\tNODES\tOWNED\tNOT-OWNED\tMALFORMED\tKEPT-FLOWS\tTAP")
+	fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tCLUSTERMAC\tTOTAL\tNODES\tIN-KERNEL\tOWNED\tKERNEL-OWNED\tNOT-OWNED\tMALFORMED\tKEPT-FLOWS\tTAP")
 	for _, c := range st {
 		s, err := c.Spec()
 		if err != nil {
 			return fmt.Errorf("daemon sent a bad cluster: %w", err)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", s.VIP, s.Interface, s.Mode, s.ClusterMAC,
-			s.TotalNodes, dash(c.Serving), c.Stats.Owned, c.Stats.NotOwned, c.Stats.Malformed, c.Flows.Kept, c.Tap)
+		inKernel := "off"
+		if c.KernelPath {
+			inKernel = dash(c.Kernel)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.VIP, s.Interface, s.Mode, s.ClusterMAC,
+			s.TotalNodes, dash(c.Serving), inKernel, c.Stats.Owned, c.Stats.KernelTaken, c.Stats.NotOwned, c.Stats.Malformed, c.Flows.Kept, c.Tap)
 	}
 	if err := w.Flush(); err != nil {
 		return err

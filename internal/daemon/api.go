@@ -26,14 +26,18 @@ type response struct {
 type ClusterStatus struct {
 	// Args is the cluster as `new` flags, as `save` writes it: with the
 	// numbers held now, or with automatic failover the home numbers.
-	Args     []string           `json:"args"`
-	Serving  nodeset.NodeSet    `json:"serving"` // numbers answered now
-	Tap      string             `json:"tap"`
-	Stats    datapath.Stats     `json:"stats"`
-	Flows    datapath.FlowStats `json:"flows"`
-	Draining bool               `json:"draining,omitempty"`
-	Health   string             `json:"health,omitempty"` // last health-check change
-	Members  []MemberStatus     `json:"members,omitempty"`
+	Args    []string        `json:"args"`
+	Serving nodeset.NodeSet `json:"serving"` // numbers answered now
+	Tap     string          `json:"tap"`
+	// Kernel is what the kernel path answers now; KernelPath tells
+	// whether it is attached at all.
+	Kernel     nodeset.NodeSet    `json:"kernel"`
+	KernelPath bool               `json:"kernel_path"`
+	Stats      datapath.Stats     `json:"stats"`
+	Flows      datapath.FlowStats `json:"flows"`
+	Draining   bool               `json:"draining,omitempty"`
+	Health     string             `json:"health,omitempty"` // last health-check change
+	Members    []MemberStatus     `json:"members,omitempty"`
 }
 
 // Spec parses the status's cluster definition.

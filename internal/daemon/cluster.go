@@ -132,6 +132,7 @@ func (c *cluster) status(members []membership.Member) ClusterStatus {
 	s := c.spec
 	s.LocalNodes = c.dp.Nodes()
 	st := ClusterStatus{Serving: c.dp.Nodes(), Tap: c.dp.TapName(), Stats: c.dp.Stats(), Flows: c.dp.Flows(), Health: c.lastCheck}
+	st.Kernel, st.KernelPath = c.dp.KernelPath()
 	if c.fo != nil {
 		s.LocalNodes = c.fo.home
 		st.Draining = c.fo.draining

@@ -33,6 +33,7 @@ type Options struct {
 	Socket     string // control socket; the host journal lives beside it
 	ConfigFile string // clusters to create at start; empty for none
 	Workers    int    // datapath readers per cluster; 0: one per CPU
+	UserOnly   bool   // answer every packet through user space, never in the kernel path
 	Membership *MembershipOptions
 	Log        *slog.Logger
 }
@@ -307,7 +308,7 @@ func (d *Daemon) newCluster(s Spec) error {
 		initial = 0 // the failover loop hands out numbers once it knows who is alive
 	}
 	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig(),
-		Workers: d.opts.Workers}, initial, d.log)
+		Workers: d.opts.Workers, KernelPath: !d.opts.UserOnly}, initial, d.log)
 	if err == nil {
 		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}}
 		if d.ms != nil {

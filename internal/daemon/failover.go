@@ -153,7 +153,7 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 	}
 	dropKept := f.draining && !f.drainEnd.IsZero() && now.After(f.drainEnd)
 	c.dp.SetPolicy(datapath.Policy{Serve: f.serving, Guarded: othersHold, Observe: f.observing, Keep: st.Kept &^ f.serving,
-		Track: true, DropKept: dropKept})
+		Leaving: st.Leaving, Track: true, DropKept: dropKept})
 	return st, releases
 }
 

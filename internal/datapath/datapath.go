@@ -13,6 +13,7 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
+	"golang.org/x/net/bpf"
 )
 
 // Config is what one cluster's datapath needs: the fields of `clusterctl new`.
@@ -22,11 +23,16 @@ type Config struct {
 	ClusterMAC net.HardwareAddr
 	Hash       hash.Config
 	Workers    int // readers, each with its own socket and TAP queue; 0: one per CPU
+	// KernelPath lets the kernel answer the settled numbers' packets itself
+	// (see kernelPath) when it can; without it, or when the kernel refuses
+	// the program, every answered packet goes through user space.
+	KernelPath bool
 }
 
 // Stats counts what the datapath did with the frames it captured.
 type Stats struct {
-	Owned       uint64 // IPv4 packets handed to the local stack
+	Owned       uint64 // IPv4 packets handed to the local stack through the TAP
+	KernelTaken uint64 // frames the kernel path handed to the local stack
 	NotOwned    uint64 // IPv4 packets that reached user space and were not answered here
 	Malformed   uint64 // frames that failed validation
 	ARPReplies  uint64
@@ -43,12 +49,36 @@ type Policy struct {
 	Guarded  nodeset.NodeSet // numbers another live node serves or holds connections for
 	Observe  nodeset.NodeSet // numbers moving here: their connections are the other node's
 	Keep     nodeset.NodeSet // numbers no longer served whose connections this node keeps
+	Leaving  nodeset.NodeSet // numbers still served while being handed to another node
 	Track    bool            // keep a flow table, so connections survive moves
 	DropKept bool            // forget connections of numbers no longer served (drain timeout)
 }
 
-// pass is the set of numbers whose packets must reach user space.
+// pass is the set of numbers whose packets must reach user space, unless
+// the kernel path takes them.
 func (p *Policy) pass() nodeset.NodeSet { return p.Serve | p.Observe | p.Keep }
+
+// settled is the set of numbers every packet of which p answers here, so
+// that the kernel path may take them: with flow tracking, served numbers
+// that no other live node holds connections of, none of which are moving
+// here, and that are not being handed off. A number leaving this set has its
+// connections read from the socket table (adoptConnections).
+func (p *Policy) settled() nodeset.NodeSet {
+	if !p.Track {
+		return p.Serve
+	}
+	return p.Serve &^ (p.Guarded | p.Observe | p.Leaving)
+}
+
+// kernelProtocols is what the kernel path may take under p: with flow
+// tracking only TCP, whose connections can be read back from the socket
+// table; connectionless flows are seen only in user space.
+func (p *Policy) kernelProtocols() fastProtocols {
+	if p.Track {
+		return fastTCP
+	}
+	return fastAllButICMP
+}
 
 // FlowStats describes the flow table, as of its last sweep.
 type FlowStats struct {
@@ -77,8 +107,9 @@ type Datapath struct {
 	log     *slog.Logger
 
 	policy   atomic.Pointer[Policy]
-	filterMu sync.Mutex      // serializes filter swaps
-	filtered nodeset.NodeSet // numbers the socket filters pass now
+	filterMu sync.Mutex // serializes filter swaps; guards the fields below
+	filtered userShare  // what the socket filters pass now
+	kernel   *kernelPath
 
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
@@ -119,12 +150,12 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	}
 	d.vipAddr = uint32(d.vip[0])<<24 | uint32(d.vip[1])<<16 | uint32(d.vip[2])<<8 | uint32(d.vip[3])
 	d.policy.Store(&Policy{Serve: nodes})
-	d.filtered = nodes
+	d.filtered = userShare{pass: nodes}
 	d.flowSt.Store(&FlowStats{})
 	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP, cfg.Workers); err != nil {
 		return nil, err
 	}
-	filter, err := captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, nodes)
+	filter, err := d.filtered.filter(&d.cfg)
 	if err != nil {
 		d.tap.close()
 		return nil, err
@@ -151,6 +182,13 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	}
 	d.wg.Add(1)
 	go d.sweep()
+	if cfg.KernelPath {
+		if d.kernel, err = openKernelPath(ifi.Index, d.vip, cfg.ClusterMAC, cfg.Hash); err != nil {
+			d.log.Warn("serving in user space only", "err", err)
+		} else {
+			d.SetPolicy(Policy{Serve: nodes})
+		}
+	}
 	if err := d.Announce(); err != nil {
 		d.log.Warn("gratuitous ARP failed", "err", err)
 	}
@@ -165,9 +203,11 @@ func (d *Datapath) Nodes() nodeset.NodeSet { return d.policy.Load().Serve }
 func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 
 // SetPolicy replaces what this node answers for; the next packet sees it.
-// When the numbers that must reach user space change, every socket's filter
-// is rebuilt and swapped: widened before the policy changes, narrowed after,
-// so that no packet the new policy accepts is filtered out on the way.
+// When what goes to user space or to the kernel path changes, the socket
+// filters and the kernel program are rebuilt and swapped: each widened
+// before the policy changes and narrowed after, so that no packet the new
+// policy accepts is lost on the way. For that moment a packet may reach
+// the stack twice, once through each path, which TCP takes as a duplicate.
 func (d *Datapath) SetPolicy(p Policy) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
@@ -175,20 +215,68 @@ func (d *Datapath) SetPolicy(p Policy) {
 	for _, n := range (p.Serve &^ d.policy.Load().Serve).Nodes() {
 		d.servingSince[n].Store(now)
 	}
+	want := userShare{pass: p.pass(), protos: p.kernelProtocols()}
+	var inKernel nodeset.NodeSet
+	if d.kernel != nil {
+		want.kernel = p.settled()
+		inKernel = d.kernel.set
+	}
+	// Connections the kernel path served are unknown to the flow table;
+	// it must know them before user space judges their packets.
+	leaving, entering := inKernel&^want.kernel, want.kernel&^inKernel
+	if p.Track && leaving != 0 {
+		d.adoptConnections(leaving, now)
+	}
+
 	old := d.filtered
-	want := p.pass()
-	if want&^old != 0 {
-		d.setFilters(old | want)
+	d.setFilters(userShare{pass: old.pass | want.pass, kernel: old.kernel & want.kernel, protos: narrower(old.protos, want.protos)})
+	if d.kernel != nil {
+		d.setKernel(inKernel|want.kernel, wider(d.kernel.protos, want.protos))
 	}
 	d.policy.Store(&p)
-	if old|want != want {
-		d.setFilters(want)
+	if d.kernel != nil {
+		d.setKernel(want.kernel, want.protos)
 	}
-	d.filtered = want
+	final := want
+	if d.kernel == nil {
+		final.kernel = 0
+	}
+	d.setFilters(final)
+
+	if p.Track && leaving != 0 {
+		// Connections opened between the first reading and the swap.
+		d.adoptConnections(leaving, time.Now().UnixNano())
+	}
+	if entering != 0 {
+		// User space sees no more of their TCP packets: flows it tracked
+		// would only go stale. adoptConnections reads them back if needed.
+		d.flows.forget(entering, protoTCP)
+	}
 }
 
-func (d *Datapath) setFilters(pass nodeset.NodeSet) {
-	f, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, pass)
+// userShare is what the capture filters let through: IPv4 of numbers in
+// pass, except the packets the kernel path takes (protos of numbers in
+// kernel).
+type userShare struct {
+	pass, kernel nodeset.NodeSet
+	protos       fastProtocols
+}
+
+func (u userShare) filter(cfg *Config) ([]bpf.RawInstruction, error) {
+	return captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, u.pass, u.kernel, u.protos)
+}
+
+func narrower(a, b fastProtocols) fastProtocols { return min(a, b) }
+func wider(a, b fastProtocols) fastProtocols    { return max(a, b) }
+
+func (d *Datapath) setFilters(u userShare) {
+	if u.kernel == 0 {
+		u.protos = 0 // nothing left out: the protocols do not matter
+	}
+	if u == d.filtered {
+		return
+	}
+	f, err := u.filter(&d.cfg)
 	if err == nil {
 		for _, w := range d.workers {
 			if err = w.sock.setFilter(f); err != nil {
@@ -196,9 +284,42 @@ func (d *Datapath) setFilters(pass nodeset.NodeSet) {
 			}
 		}
 	}
-	if err != nil && !d.closing.Load() {
-		d.log.Error("swap capture filter", "pass", pass.String(), "err", err)
+	if err != nil {
+		if !d.closing.Load() {
+			d.log.Error("swap capture filter", "pass", u.pass.String(), "err", err)
+		}
+		return
 	}
+	d.filtered = u
+}
+
+// setKernel changes what the kernel path takes. If the kernel refuses, the
+// kernel path is detached, and user space answers everything from then on.
+func (d *Datapath) setKernel(set nodeset.NodeSet, protos fastProtocols) {
+	err := d.kernel.update(set, protos)
+	if err == nil {
+		return
+	}
+	d.log.Error("kernel path: serving in user space only from now", "err", err)
+	d.filtered.kernel = 0
+	if f, ferr := d.filtered.filter(&d.cfg); ferr == nil {
+		for _, w := range d.workers {
+			w.sock.setFilter(f)
+		}
+	}
+	d.kernel.close()
+	d.kernel = nil
+}
+
+// KernelPath returns the numbers the kernel path takes now, and whether it
+// is attached at all.
+func (d *Datapath) KernelPath() (nodeset.NodeSet, bool) {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if d.kernel == nil {
+		return 0, false
+	}
+	return d.kernel.set, true
 }
 
 // switchGap is how long before this node took a number a SYN nobody answered
@@ -229,6 +350,11 @@ func (d *Datapath) Stats() Stats {
 		s.DroppedFrag += w.stats.droppedFrag.Load()
 		s.TapErrors += w.stats.tapErrors.Load()
 	}
+	d.filterMu.Lock()
+	if d.kernel != nil {
+		s.KernelTaken = d.kernel.taken()
+	}
+	d.filterMu.Unlock()
 	return s
 }
 
@@ -285,9 +411,15 @@ func (d *Datapath) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		d.closing.Store(true)
+		d.filterMu.Lock()
+		if d.kernel != nil {
+			err = d.kernel.close()
+			d.kernel = nil
+		}
+		d.filterMu.Unlock()
 		close(d.stop)
 		d.wg.Wait()
-		err = errors.Join(d.closeWorkers(), d.tap.close())
+		err = errors.Join(err, d.closeWorkers(), d.tap.close())
 	})
 	return err
 }

@@ -29,10 +29,13 @@ const (
 // to user space whatever their number: only there can later fragments be
 // matched to their first and ICMP errors to the flow they quote.
 //
+// Packets the kernel path takes (protocols protos of numbers in kernel) are
+// left out, so that every packet is answered by one path only.
+//
 // IPv4 sent to the node's own unicast MAC is left to the kernel on purpose:
 // such a frame was not meant for the cluster (a stale ARP entry), and taking it
 // as well would answer it twice.
-func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) ([]bpf.RawInstruction, error) {
+func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) ([]bpf.RawInstruction, error) {
 	if !vip.Is4() || len(clusterMAC) != 6 {
 		return nil, fmt.Errorf("capture filter: need an IPv4 VIP and a 6-byte MAC, got %s and %s", vip, clusterMAC)
 	}
@@ -75,7 +78,21 @@ func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config,
 		bpf.RetConstant{Val: filterAccept},
 	}
 	p = append(p, hashProgram(cfg)...)
-	p = append(p, rangeProgram(cfg.TotalNodes, pass)...)
+	switch {
+	case kernel&pass == 0:
+		p = append(p, rangeProgram(cfg.TotalNodes, pass)...)
+	case protos == fastAllButICMP:
+		// ICMP went to user space above: the kernel path takes the rest.
+		p = append(p, rangeProgram(cfg.TotalNodes, pass&^kernel)...)
+	default:
+		all := rangeProgram(cfg.TotalNodes, pass)
+		p = append(p,
+			bpf.LoadAbsolute{Off: ethHdrLen + 9, Size: 1},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: protoTCP, SkipTrue: uint8(len(all))},
+		)
+		p = append(p, all...)
+		p = append(p, rangeProgram(cfg.TotalNodes, pass&^kernel)...)
+	}
 	raw, err := bpf.Assemble(p)
 	if err != nil {
 		return nil, fmt.Errorf("assemble capture filter: %w", err)
@@ -225,14 +242,16 @@ func xorSubRol(x, y, k int) []bpf.Instruction {
 	}
 }
 
-// rangeProgram accepts when the hash in regC falls in the range of a node in
-// pass: reciprocal_scale(h, total) + 1 == n exactly when h is in
+// span is a range of hash values, both ends included.
+type span struct{ lo, hi uint32 }
+
+// hashSpans returns the ranges of hash values whose number is in set:
+// reciprocal_scale(h, total) + 1 == n exactly when h is in
 // hash.Range(total, n), and adjacent numbers merge into one range.
-func rangeProgram(total uint32, pass nodeset.NodeSet) []bpf.Instruction {
-	type span struct{ lo, hi uint32 }
+func hashSpans(total uint32, set nodeset.NodeSet) []span {
 	var spans []span
 	for n := uint32(1); n <= total; n++ {
-		if !pass.Contains(int(n)) {
+		if !set.Contains(int(n)) {
 			continue
 		}
 		lo, hi := hash.Range(total, n)
@@ -242,8 +261,14 @@ func rangeProgram(total uint32, pass nodeset.NodeSet) []bpf.Instruction {
 		}
 		spans = append(spans, span{lo, hi})
 	}
+	return spans
+}
+
+// rangeProgram accepts when the hash in regC falls in the range of a number
+// in pass.
+func rangeProgram(total uint32, pass nodeset.NodeSet) []bpf.Instruction {
 	p := []bpf.Instruction{bpf.LoadScratch{Dst: bpf.RegA, N: regC}}
-	for _, s := range spans {
+	for _, s := range hashSpans(total, pass) {
 		// A >= lo && A <= hi: accept; else try the next span.
 		p = append(p,
 			bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: s.lo, SkipFalse: 2},

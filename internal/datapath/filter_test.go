@@ -22,7 +22,19 @@ func filterVM(t *testing.T, vip netip.Addr, mac net.HardwareAddr) *bpf.VM {
 // ownershipVM is filterVM with the ownership part: hash cfg, numbers pass.
 func ownershipVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) *bpf.VM {
 	t.Helper()
-	raw, err := captureFilter(vip, mac, cfg, pass)
+	return filterProgramVM(t, vip, mac, cfg, pass, 0, fastTCP)
+}
+
+// ownershipVMSplit is ownershipVM for the test VIP and MAC, with the packets
+// the kernel path takes (protos of numbers in kernel) left out.
+func ownershipVMSplit(t testing.TB, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) *bpf.VM {
+	t.Helper()
+	return filterProgramVM(t, testVIP, testClusterMAC, cfg, pass, kernel, protos)
+}
+
+func filterProgramVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) *bpf.VM {
+	t.Helper()
+	raw, err := captureFilter(vip, mac, cfg, pass, kernel, protos)
 	if err != nil {
 		t.Fatalf("captureFilter: %v", err)
 	}
@@ -211,7 +223,7 @@ func TestCaptureFilterErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := captureFilter(tt.vip, tt.mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1); err == nil {
+			if _, err := captureFilter(tt.vip, tt.mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1, 0, fastTCP); err == nil {
 				t.Fatal("captureFilter succeeded, want error")
 			}
 		})

@@ -152,3 +152,17 @@ func (t *flowTable) forgetQuiet(node uint8, since int64) {
 		s.mu.Unlock()
 	}
 }
+
+// forget forgets every flow of protocol proto whose number is in numbers.
+func (t *flowTable) forget(numbers nodeset.NodeSet, proto uint8) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, f := range s.m {
+			if k.proto == proto && numbers.Contains(int(f.node)) {
+				delete(s.m, k)
+			}
+		}
+		s.mu.Unlock()
+	}
+}

@@ -94,6 +94,10 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter [
 // flow hash, so every packet of a flow (and every fragment of a datagram,
 // which the flow dissector hashes without ports) reaches the same worker.
 // Group 0 asks the kernel for a new, unique group id.
+//
+// A group ignores PACKET_IGNORE_OUTGOING on its sockets: without the
+// group's own flag (Linux 6.9+), every frame this host sends would be cloned
+// for the group and hashed, only for the filter to drop it.
 func (s *captureSocket) joinFanout(group uint16) error {
 	var err error
 	cerr := s.raw.Control(func(fd uintptr) {
@@ -101,7 +105,11 @@ func (s *captureSocket) joinFanout(group uint16) error {
 		if group == 0 {
 			arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
 		}
-		if err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
+		err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg|unix.PACKET_FANOUT_FLAG_IGNORE_OUTGOING<<16)
+		if err == unix.EINVAL {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg)
+		}
+		if err != nil {
 			err = fmt.Errorf("PACKET_FANOUT: %w", err)
 		}
 	})

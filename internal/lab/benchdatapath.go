@@ -37,10 +37,11 @@ type benchResult struct {
 	daemonRSSMB float64
 }
 
-// BenchDatapath serves one VIP three ways in the same lab, one after the
+// BenchDatapath serves one VIP four ways in the same lab, one after the
 // other, and measures each with the same clients: (1) direct, the VIP as a
 // plain address on one node; (2) kernel, the nftables cluster recipe on all
-// nodes; (3) daemon, this project's daemon on all nodes.
+// nodes; (3) daemon, this project's daemon on all nodes; (4) user, the
+// daemon with --datapath user, every packet through user space.
 func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers int) (err error) {
 	for _, tool := range []string{"wrk", "iperf3", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -75,6 +76,30 @@ func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers 
 		}
 	}
 	daemons := map[string]*Proc{}
+	daemonSetup := func(name, datapath string) benchSetup {
+		return benchSetup{name, func() error {
+			for i, h := range l.Nodes {
+				if dir := os.Getenv("CIP_BENCH_PROFILE"); dir != "" {
+					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-" + name + "-" + h.Name + ".prof"}
+				}
+				p, err := l.StartDaemon(h, "--workers", strconv.Itoa(workers), "--datapath", datapath)
+				if err != nil {
+					return err
+				}
+				daemons[h.Name] = p
+				if _, err := l.Clusterctl(h, "new", "--vip", VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
+					"--total-nodes", "3", "--local-node", strconv.Itoa(i+1)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func() error {
+			for _, p := range daemons {
+				p.Stop(syscall.SIGTERM, 5*time.Second)
+			}
+			return nil
+		}}
+	}
 	setups := []benchSetup{
 		{"direct", func() error {
 			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "add", VIP.String() + "/32", "dev", "eth0"}})
@@ -107,28 +132,8 @@ func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers 
 			}
 			return nil
 		}},
-		{"daemon", func() error {
-			for i, h := range l.Nodes {
-				if dir := os.Getenv("CIP_BENCH_PROFILE"); dir != "" {
-					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-daemon-" + h.Name + ".prof"}
-				}
-				p, err := l.StartDaemon(h, "--workers", strconv.Itoa(workers))
-				if err != nil {
-					return err
-				}
-				daemons[h.Name] = p
-				if _, err := l.Clusterctl(h, "new", "--vip", VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
-					"--total-nodes", "3", "--local-node", strconv.Itoa(i+1)); err != nil {
-					return err
-				}
-			}
-			return nil
-		}, func() error {
-			for _, p := range daemons {
-				p.Stop(syscall.SIGTERM, 5*time.Second)
-			}
-			return nil
-		}},
+		daemonSetup("daemon", "auto"),
+		daemonSetup("user", "user"),
 	}
 	results := map[string]*benchResult{}
 	for _, s := range setups {
@@ -348,7 +353,7 @@ func procRSSMB(pid int) float64 {
 }
 
 func printBench(w io.Writer, r map[string]*benchResult) {
-	d, k, x := r["direct"], r["kernel"], r["daemon"]
+	d, k, x, u := r["direct"], r["kernel"], r["daemon"], r["user"]
 	row := func(name string, get func(*benchResult) float64, format string, lowerBetter bool) {
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
@@ -359,26 +364,33 @@ func printBench(w io.Writer, r map[string]*benchResult) {
 			}
 			return fmt.Sprintf("%.2f", a/b)
 		}
-		fmt.Fprintf(w, "%-34s %10s %10s %10s %14s %14s\n", name,
-			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)),
-			ratio(get(x), get(k)), ratio(get(x), get(d)))
+		fmt.Fprintf(w, "%-38s %9s %9s %9s %9s %14s %14s %12s\n", name,
+			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)), fmt.Sprintf(format, get(u)),
+			ratio(get(x), get(k)), ratio(get(x), get(d)), ratio(get(u), get(k)))
 	}
-	fmt.Fprintf(w, "\n%-34s %10s %10s %10s %14s %14s\n", "", "direct", "kernel", "daemon", "daemon/kernel", "daemon/direct")
+	fmt.Fprintf(w, "\n%-38s %9s %9s %9s %9s %14s %14s %12s\n", "", "direct", "kernel", "daemon", "user", "daemon/kernel", "daemon/direct", "user/kernel")
 	row("new connections/s (wrk, close)", func(r *benchResult) float64 { return r.connRate }, "%.0f", false)
 	row("latency p50 ms (500 conn/s)", func(r *benchResult) float64 { return r.p50 }, "%.3f", true)
 	row("latency p99 ms (500 conn/s)", func(r *benchResult) float64 { return r.p99 }, "%.3f", true)
 	row("TCP 1 stream Gbit/s (iperf3)", func(r *benchResult) float64 { return r.tcp1 }, "%.2f", false)
 	row("TCP 4 streams Gbit/s (iperf3 -P4)", func(r *benchResult) float64 { return r.tcp4 }, "%.2f", false)
 	row("UDP 64B datagrams/s recv (195k/s sent)", func(r *benchResult) float64 { return r.udpPPS }, "%.0f", false)
-	fmt.Fprintf(w, "(latency ratios are kernel/daemon, so for every ratio above 1 means the daemon is faster)\n\n")
-	keys := make([]string, 0, len(x.cpuPerMpkt))
-	for k := range x.cpuPerMpkt {
-		keys = append(keys, k)
+	fmt.Fprintf(w, "(daemon: --datapath auto, the default; user: --datapath user. Latency ratios are kernel/daemon,\n")
+	fmt.Fprintf(w, "so for every ratio above 1 means the daemon is faster)\n")
+	for _, v := range []struct {
+		name string
+		r    *benchResult
+	}{{"daemon", x}, {"user", u}} {
+		fmt.Fprintln(w)
+		keys := make([]string, 0, len(v.r.cpuPerMpkt))
+		for k := range v.r.cpuPerMpkt {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "%s: daemon CPU s per million client packets, %-8s %.2f (all 3 nodes; a GSO super-frame counts once)\n", v.name, k+":", v.r.cpuPerMpkt[k])
+		}
+		fmt.Fprintf(w, "%s: daemon CPU during TCP 4 streams: owner %s\n", v.name, v.r.ownerShare)
+		fmt.Fprintf(w, "%s: daemon memory (largest RSS): %.1f MiB\n", v.name, v.r.daemonRSSMB)
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(w, "daemon CPU s per million client packets, %-8s %.2f (all 3 nodes; a GSO super-frame counts once)\n", k+":", x.cpuPerMpkt[k])
-	}
-	fmt.Fprintf(w, "daemon CPU during TCP 4 streams: owner %s\n", x.ownerShare)
-	fmt.Fprintf(w, "daemon memory (largest RSS): %.1f MiB\n", x.daemonRSSMB)
 }

@@ -1,0 +1,323 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/nodeset"
+)
+
+// kernelPath serves a cluster's settled numbers inside the kernel. An eBPF
+// program on the interface's TCX ingress hook computes the same jhash as the
+// capture filter and, for a frame whose number it may take, changes the
+// frame's packet type from multicast to host: the stack then takes it as it
+// takes any frame for one of its addresses (the VIP lives on the TAP), the
+// way the nftables recipe's `meta pkttype set host` does. Such a frame never
+// reaches user space; the capture filter leaves it out.
+//
+// What needs judging stays in user space: ARP, fragments, ICMP, numbers in a
+// handoff, and, with flow tracking, everything but TCP (TCP connections can
+// be read back from the socket table when a number leaves the kernel path;
+// connectionless flows cannot).
+//
+// The program is attached through a BPF link owned by this process: if the
+// daemon dies, the kernel detaches it, and the node stops answering at once
+// instead of answering for numbers nobody manages any more.
+type kernelPath struct {
+	vip     [4]byte
+	mac     net.HardwareAddr
+	hash    hash.Config
+	counter *ebpf.Map // per-CPU count of frames taken
+	link    link.Link
+	prog    *ebpf.Program
+
+	// What the attached program takes.
+	set    nodeset.NodeSet
+	protos fastProtocols
+}
+
+// fastProtocols says which whole (unfragmented) IPv4 packets the kernel path
+// may take for its numbers. ICMP always goes to user space: an ICMP error is
+// owned by the flow it quotes, not by its sender.
+type fastProtocols uint8
+
+const (
+	fastTCP        fastProtocols = iota // with flow tracking
+	fastAllButICMP                      // without: every answer is the hash's
+)
+
+// takes reports whether a protocol is one the kernel path may take.
+func (f fastProtocols) takes(proto uint8) bool {
+	if f == fastTCP {
+		return proto == protoTCP
+	}
+	return proto != protoICMP
+}
+
+// TCX verdicts.
+const (
+	tcxNext = -1 // let the next program, then the stack, have it
+)
+
+// openKernelPath attaches a program that takes nothing yet.
+func openKernelPath(ifindex int, vip [4]byte, mac net.HardwareAddr, cfg hash.Config) (*kernelPath, error) {
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "cip_taken", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kernel path: counter map: %w", err)
+	}
+	k := &kernelPath{vip: vip, mac: mac, hash: cfg, counter: counter}
+	prog, err := k.load(0, fastTCP)
+	if err != nil {
+		counter.Close()
+		return nil, err
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		prog.Close()
+		counter.Close()
+		return nil, fmt.Errorf("kernel path: attach to TCX ingress of interface %d: %w", ifindex, err)
+	}
+	k.link, k.prog = l, prog
+	return k, nil
+}
+
+// update makes the kernel path take exactly the packets of protos whose
+// number is in set; the link swaps programs atomically.
+func (k *kernelPath) update(set nodeset.NodeSet, protos fastProtocols) error {
+	if set == k.set && protos == k.protos {
+		return nil
+	}
+	prog, err := k.load(set, protos)
+	if err != nil {
+		return err
+	}
+	if err := k.link.Update(prog); err != nil {
+		prog.Close()
+		return fmt.Errorf("kernel path: swap program: %w", err)
+	}
+	k.prog.Close()
+	k.prog, k.set, k.protos = prog, set, protos
+	return nil
+}
+
+func (k *kernelPath) load(set nodeset.NodeSet, protos fastProtocols) (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "cip_ingress",
+		Type:         ebpf.SchedCLS,
+		Instructions: kernelProgram(k.vip, k.mac, k.hash, set, protos, k.counter.FD()),
+		License:      "Dual MIT/GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kernel path: load program: %w", err)
+	}
+	return prog, nil
+}
+
+// taken returns how many frames the kernel path has handed to the stack.
+func (k *kernelPath) taken() uint64 {
+	var perCPU []uint64
+	if err := k.counter.Lookup(uint32(0), &perCPU); err != nil {
+		return 0
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n
+}
+
+func (k *kernelPath) close() error {
+	return errors.Join(k.link.Close(), k.prog.Close(), k.counter.Close())
+}
+
+// Offsets in struct __sk_buff (include/uapi/linux/bpf.h).
+const (
+	skbProtocol    = 16
+	skbVLANPresent = 20
+)
+
+// Stack layout of the program: the Ethernet destination, the IPv4 header
+// and the ports, each loaded to an aligned slot.
+const (
+	stackMAC   = -8  // 6 bytes
+	stackIP    = -32 // 20 bytes
+	stackPorts = -40 // 4 bytes
+	stackKey   = -44 // the counter's key
+)
+
+// kernelProgram builds the kernel path's program: the capture filter's
+// checks and hash, ending in "take" for a number in set instead of "pass to
+// user space". Registers: R6 the skb; after the loads, R7 the IHL in bytes,
+// R8 the protocol, R9 the source address; the hash uses R1-R5 once no more
+// helpers are called.
+func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos fastProtocols, counterFD int) asm.Instructions {
+	if set == 0 {
+		return asm.Instructions{asm.Mov.Imm(asm.R0, tcxNext), asm.Return()}
+	}
+	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
+	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
+	loadBytes := func(off asm.Register, slot int16, n int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Reg(asm.R2, off),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, int32(slot)),
+			asm.Mov.Imm(asm.R4, n),
+			asm.FnSkbLoadBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, "next"),
+		}
+	}
+	p := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// VLAN-tagged frames belong to the VLAN's interface.
+		asm.LoadMem(asm.R0, asm.R6, skbVLANPresent, asm.Word),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+		asm.LoadMem(asm.R0, asm.R6, skbProtocol, asm.Word),
+		asm.JNE.Imm(asm.R0, le16([]byte{0x08, 0x00}), "next"),
+		asm.Mov.Imm(asm.R7, 0),
+	}
+	p = append(p, loadBytes(asm.R7, stackMAC, 6)...)
+	p = append(p,
+		asm.LoadMem(asm.R0, asm.RFP, stackMAC, asm.Word),
+		asm.JNE.Imm32(asm.R0, le32(mac[0:4]), "next"),
+		asm.LoadMem(asm.R0, asm.RFP, stackMAC+4, asm.Half),
+		asm.JNE.Imm32(asm.R0, le16(mac[4:6]), "next"),
+		asm.Mov.Imm(asm.R7, ethHdrLen),
+	)
+	p = append(p, loadBytes(asm.R7, stackIP, ipv4MinHdrLen)...)
+	p = append(p,
+		asm.LoadMem(asm.R0, asm.RFP, stackIP+16, asm.Word), // daddr
+		asm.JNE.Imm32(asm.R0, le32(vip[:]), "next"),
+		// Version 4, and the header length in bytes into R7.
+		asm.LoadMem(asm.R7, asm.RFP, stackIP, asm.Byte),
+		asm.Mov.Reg(asm.R0, asm.R7),
+		asm.RSh.Imm(asm.R0, 4),
+		asm.JNE.Imm(asm.R0, 4, "next"),
+		asm.And.Imm(asm.R7, 0x0f),
+		asm.JLT.Imm(asm.R7, 5, "next"),
+		asm.LSh.Imm(asm.R7, 2),
+		// Fragments go to user space: MF or an offset.
+		asm.LoadMem(asm.R0, asm.RFP, stackIP+6, asm.Half),
+		asm.And.Imm(asm.R0, le16([]byte{ipFlagMF>>8 | ipFragOffMask>>8, 0xff})),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+		asm.LoadMem(asm.R8, asm.RFP, stackIP+9, asm.Byte),
+	)
+	if protos == fastTCP {
+		p = append(p, asm.JNE.Imm(asm.R8, protoTCP, "next"))
+	} else {
+		p = append(p, asm.JEq.Imm(asm.R8, protoICMP, "next"))
+	}
+	p = append(p,
+		asm.LoadMem(asm.R9, asm.RFP, stackIP+12, asm.Word), // saddr
+		asm.HostTo(asm.BE, asm.R9, asm.Word),
+	)
+	words := int32(1)
+	switch cfg.Mode {
+	case hash.SourceIPSourcePort:
+		words = 2
+	case hash.SourceIPSourcePortDestPort:
+		words = 3
+	}
+	// The ports as an x86-64 kernel loads them: little-endian, from
+	// PortsOffset into the L4 header; zeros for protocols without ports.
+	p = append(p, asm.StoreImm(asm.RFP, stackPorts, 0, asm.Word))
+	if words > 1 {
+		p = append(p, portsLoad(protos, loadBytes)...)
+	}
+	iv := int32(cfg.Seed + 0xdeadbeef + uint32(words)<<2)
+	const a, b, c, t, u = asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
+	p = append(p,
+		asm.Mov.Reg32(a, asm.R9),
+		asm.Add.Imm32(a, iv),
+		asm.Mov.Imm32(b, iv),
+		asm.Mov.Imm32(c, iv),
+	)
+	if words > 1 {
+		p = append(p,
+			asm.LoadMem(b, asm.RFP, stackPorts, asm.Half),
+			asm.Add.Imm32(b, iv),
+		)
+	}
+	if words > 2 {
+		p = append(p,
+			asm.LoadMem(c, asm.RFP, stackPorts+2, asm.Half),
+			asm.Add.Imm32(c, iv),
+		)
+	}
+	// __jhash_final(a, b, c): x ^= y; x -= rol32(y, k).
+	for _, s := range []struct {
+		x, y asm.Register
+		k    int32
+	}{{c, b, 14}, {a, c, 11}, {b, a, 25}, {c, b, 16}, {a, c, 4}, {b, a, 14}, {c, b, 24}} {
+		p = append(p,
+			asm.Xor.Reg32(s.x, s.y),
+			asm.Mov.Reg32(t, s.y),
+			asm.LSh.Imm32(t, s.k),
+			asm.Mov.Reg32(u, s.y),
+			asm.RSh.Imm32(u, 32-s.k),
+			asm.Or.Reg32(t, u),
+			asm.Sub.Reg32(s.x, t),
+		)
+	}
+	// reciprocal_scale(h, total) + 1 in set, as ranges of h.
+	for i, s := range hashSpans(cfg.TotalNodes, set) {
+		nextSpan := fmt.Sprintf("span%d", i+1)
+		p = append(p,
+			asm.JLT.Imm32(c, int32(s.lo), nextSpan),
+			asm.JLE.Imm32(c, int32(s.hi), "take"),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol(nextSpan),
+		)
+	}
+	p = append(p, asm.Ja.Label("next"))
+	p = append(p,
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("take"),
+		asm.Mov.Imm(asm.R2, 0), // PACKET_HOST
+		asm.FnSkbChangeType.Call(),
+		asm.StoreImm(asm.RFP, stackKey, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, counterFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stackKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "next"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
+		asm.Return(),
+	)
+	return p
+}
+
+// portsLoad loads the four port bytes at PortsOffset(proto) past the IP
+// header (R7 bytes after the Ethernet header) into stackPorts. A packet too
+// short to hold them is left to user space, as the capture filter does.
+func portsLoad(protos fastProtocols, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
+	var p asm.Instructions
+	for proto := 0; proto < 256; proto++ {
+		off := hash.PortsOffset(uint8(proto))
+		if off < 0 || !protos.takes(uint8(proto)) {
+			continue
+		}
+		skip := fmt.Sprintf("ports%d", proto)
+		p = append(p,
+			asm.JNE.Imm(asm.R8, int32(proto), skip),
+			asm.Mov.Reg(asm.R0, asm.R7),
+			asm.Add.Imm(asm.R0, int32(ethHdrLen+off)),
+		)
+		p = append(p, loadBytes(asm.R0, stackPorts, 4)...)
+		p = append(p,
+			asm.Ja.Label("ports"),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
+		)
+	}
+	return append(p, asm.Mov.Imm(asm.R0, 0).WithSymbol("ports"))
+}

@@ -1,0 +1,130 @@
+package datapath
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/nodeset"
+)
+
+// loadKernelPath loads (without attaching) the kernel path's program for
+// set and protos, and returns a function that runs it on a frame and tells
+// whether it took the frame.
+func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos fastProtocols) func([]byte) bool {
+	t.Helper()
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatalf("counter map: %v", err)
+	}
+	t.Cleanup(func() { counter.Close() })
+	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
+	prog, err := k.load(set, protos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return func(frame []byte) bool {
+		before := k.taken()
+		ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		if int32(ret) != tcxNext {
+			t.Fatalf("program returned %d, want TCX_NEXT", int32(ret))
+		}
+		return k.taken() == before+1
+	}
+}
+
+// The kernel path, run by the kernel, takes exactly the packets its numbers
+// own (Owner.Node, the user-space decision), and the capture filter passes
+// to user space exactly what it leaves: every packet goes one way at most.
+func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF needs root")
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	modes := []hash.Mode{hash.SourceIP, hash.SourceIPSourcePort, hash.SourceIPSourcePortDestPort}
+	vip := testVIP.String()
+	for round := 0; round < 24; round++ {
+		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32()}
+		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
+		pass := nodeset.NodeSet(rng.Uint64()) & all
+		kernel := pass & nodeset.NodeSet(rng.Uint64())
+		protos := fastProtocols(round / 3 % 2)
+		take := loadKernelPath(t, cfg, kernel, protos)
+		vm := ownershipVMSplit(t, cfg, pass, kernel, protos)
+		o := Owner{Hash: cfg}
+		for i := 0; i < 200; i++ {
+			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
+			sport, dport := uint16(rng.Uint32()), uint16(rng.Uint32())
+			var proto uint8
+			var l4 []byte
+			switch i % 9 {
+			case 0, 1, 2:
+				proto, l4 = testTCP, mkTCP(sport, dport)
+			case 3:
+				proto, l4 = testUDP, mkUDP(sport, dport)
+			case 4:
+				proto, l4 = testSCTP, mkSCTP(sport, dport)
+			case 5:
+				proto, l4 = testESP, mkESP(rng.Uint32())
+			case 6:
+				proto, l4 = testAH, mkAH(rng.Uint32())
+			case 7:
+				proto, l4 = testGRE, mkGRE()
+			case 8:
+				proto, l4 = protoICMP, mkICMP(8, 0, rng.Uint32(), nil)
+			}
+			h := testIPHdr{src: src, dst: vip, proto: proto}
+			if i%5 == 0 {
+				h.options = []byte{1, 1, 1, 0} // the ports move with the header length
+			}
+			if i%11 == 0 {
+				h.flagsOff = ipFlagMF
+			}
+			ipb := mkIPv4(h, l4)
+			mac := testClusterMAC
+			if i%13 == 0 {
+				mac = testNICMAC
+			}
+			frame := mkEther(mac, testClientMAC, etherTypeIPv4, ipb)
+			var p ipv4Packet
+			if !parseIPv4(ipb, &p) {
+				t.Fatal("test packet does not parse")
+			}
+			node := o.Node(&p)
+			forKernel := mac.String() == testClusterMAC.String() && !p.fragment() && protos.takes(proto)
+			wantTaken := forKernel && kernel.Contains(node)
+			wantPassed := mac.String() == testClusterMAC.String() && !wantTaken &&
+				(p.fragment() || proto == protoICMP || pass.Contains(node))
+			passed, err := vm.Run(frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := take(frame); got != wantTaken || (passed > 0) != wantPassed {
+				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v passed %v, want %v %v",
+					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, passed > 0, wantTaken, wantPassed)
+			}
+		}
+		// Other traffic is never taken: another VIP, ARP, and when the
+		// ports are hashed, a packet too short to hold them.
+		others := [][]byte{
+			mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: "192.0.2.11", proto: testTCP}, mkTCP(1, 2))),
+			mkEther(broadcastMAC, testClientMAC, etherTypeARP, mkARP(arpOpRequest, testClientMAC, "198.51.100.7", nil, vip)),
+		}
+		if cfg.Mode.UsesPorts() {
+			others = append(others, mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testTCP}, []byte{0, 80})))
+		}
+		for _, frame := range others {
+			if take(frame) {
+				t.Fatalf("cfg %+v kernel %s: took %x", cfg, kernel, frame)
+			}
+		}
+	}
+}
