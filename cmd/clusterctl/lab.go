@@ -71,6 +71,7 @@ func labCommands() []*cobra.Command {
 	load.Flags().DurationVar(&cfg.Duration, "duration", 8*time.Second, "how long")
 	load.Flags().StringVar(&cfg.Iface, "iface", "eth0", "interface to watch replies on")
 
+	var failoverDatapath string
 	bench := &cobra.Command{
 		Use:    "lab-bench-failover",
 		Short:  "Measure failover, drain, health-check and rejoin under load in a lab",
@@ -79,9 +80,10 @@ func labCommands() []*cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return lab.BenchFailover(ctx, cmd.OutOrStdout())
+			return lab.BenchFailover(ctx, cmd.OutOrStdout(), failoverDatapath)
 		},
 	}
+	bench.Flags().StringVar(&failoverDatapath, "datapath", "auto", "the daemons' --datapath")
 	var rate int
 	var dur time.Duration
 	latency := &cobra.Command{

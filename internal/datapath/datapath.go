@@ -13,7 +13,7 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
-	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 )
 
 // Config is what one cluster's datapath needs: the fields of `clusterctl new`.
@@ -103,12 +103,13 @@ type Datapath struct {
 	ifi     *net.Interface
 	tap     *tapDevice
 	owner   Owner
-	workers []*worker
+	workers []*worker // IPv4, each with its TAP queue
+	arp     *worker
 	log     *slog.Logger
 
 	policy   atomic.Pointer[Policy]
-	filterMu sync.Mutex // serializes filter swaps; guards the fields below
-	filtered userShare  // what the socket filters pass now
+	filterMu sync.Mutex      // serializes filter swaps; guards the fields below
+	filtered nodeset.NodeSet // numbers the socket filters pass now
 	kernel   *kernelPath
 
 	flows  *flowTable
@@ -150,33 +151,43 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	}
 	d.vipAddr = uint32(d.vip[0])<<24 | uint32(d.vip[1])<<16 | uint32(d.vip[2])<<8 | uint32(d.vip[3])
 	d.policy.Store(&Policy{Serve: nodes})
-	d.filtered = userShare{pass: nodes}
+	d.filtered = nodes
 	d.flowSt.Store(&FlowStats{})
 	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP, cfg.Workers); err != nil {
 		return nil, err
 	}
-	filter, err := d.filtered.filter(&d.cfg)
+	filter, err := captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, nodes)
 	if err != nil {
+		d.tap.close()
+		return nil, err
+	}
+	fail := func(err error) (*Datapath, error) {
+		d.closeWorkers()
 		d.tap.close()
 		return nil, err
 	}
 	var group uint16
 	for i := 0; i < cfg.Workers; i++ {
-		sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, filter, group)
-		if err == nil && i == 0 {
+		sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, unix.ETH_P_IP, filter)
+		if err != nil {
+			return fail(err)
+		}
+		d.workers = append(d.workers, newWorker(d, sock, d.tap.queues[i], maxFrame))
+		if err = sock.joinFanout(group); err == nil && i == 0 {
 			group, err = sock.fanoutGroup()
 		}
 		if err != nil {
-			if sock != nil {
-				sock.close()
-			}
-			d.closeWorkers()
-			d.tap.close()
-			return nil, err
+			return fail(fmt.Errorf("packet socket on %s: %w", ifi.Name, err))
 		}
-		d.workers = append(d.workers, newWorker(d, sock, d.tap.queues[i]))
 	}
-	for _, w := range d.workers {
+	// ARP needs no TAP and no fanout: one socket, whose filter (the same
+	// program) never changes, since ARP does not depend on the numbers.
+	sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, unix.ETH_P_ARP, filter)
+	if err != nil {
+		return fail(err)
+	}
+	d.arp = newWorker(d, sock, -1, maxARPFrame)
+	for _, w := range d.readers() {
 		d.wg.Add(1)
 		go w.run()
 	}
@@ -203,11 +214,12 @@ func (d *Datapath) Nodes() nodeset.NodeSet { return d.policy.Load().Serve }
 func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 
 // SetPolicy replaces what this node answers for; the next packet sees it.
-// When what goes to user space or to the kernel path changes, the socket
-// filters and the kernel program are rebuilt and swapped: each widened
-// before the policy changes and narrowed after, so that no packet the new
-// policy accepts is lost on the way. For that moment a packet may reach
-// the stack twice, once through each path, which TCP takes as a duplicate.
+// When the numbers that must reach user space change, every socket's filter
+// is rebuilt and swapped: widened before the policy changes, narrowed after,
+// so that no packet the new policy accepts is filtered out on the way. The
+// kernel path's program is swapped in between; the capture filters leave
+// out whatever it took (see captureFilter), so a number moves between the
+// two paths at one instant, with no packet lost or answered twice.
 func (d *Datapath) SetPolicy(p Policy) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
@@ -215,34 +227,27 @@ func (d *Datapath) SetPolicy(p Policy) {
 	for _, n := range (p.Serve &^ d.policy.Load().Serve).Nodes() {
 		d.servingSince[n].Store(now)
 	}
-	want := userShare{pass: p.pass(), protos: p.kernelProtocols()}
-	var inKernel nodeset.NodeSet
+	var inKernel, toKernel nodeset.NodeSet
 	if d.kernel != nil {
-		want.kernel = p.settled()
-		inKernel = d.kernel.set
+		inKernel, toKernel = d.kernel.set, p.settled()
 	}
 	// Connections the kernel path served are unknown to the flow table;
 	// it must know them before user space judges their packets.
-	leaving, entering := inKernel&^want.kernel, want.kernel&^inKernel
+	leaving, entering := inKernel&^toKernel, toKernel&^inKernel
 	if p.Track && leaving != 0 {
 		d.adoptConnections(leaving, now)
 	}
-
-	old := d.filtered
-	d.setFilters(userShare{pass: old.pass | want.pass, kernel: old.kernel & want.kernel, protos: narrower(old.protos, want.protos)})
-	if d.kernel != nil {
-		d.setKernel(inKernel|want.kernel, wider(d.kernel.protos, want.protos))
+	old, want := d.filtered, p.pass()
+	if want&^old != 0 {
+		d.setFilters(old | want)
 	}
 	d.policy.Store(&p)
 	if d.kernel != nil {
-		d.setKernel(want.kernel, want.protos)
+		d.setKernel(toKernel, p.kernelProtocols())
 	}
-	final := want
-	if d.kernel == nil {
-		final.kernel = 0
+	if old|want != want {
+		d.setFilters(want)
 	}
-	d.setFilters(final)
-
 	if p.Track && leaving != 0 {
 		// Connections opened between the first reading and the swap.
 		d.adoptConnections(leaving, time.Now().UnixNano())
@@ -254,29 +259,8 @@ func (d *Datapath) SetPolicy(p Policy) {
 	}
 }
 
-// userShare is what the capture filters let through: IPv4 of numbers in
-// pass, except the packets the kernel path takes (protos of numbers in
-// kernel).
-type userShare struct {
-	pass, kernel nodeset.NodeSet
-	protos       fastProtocols
-}
-
-func (u userShare) filter(cfg *Config) ([]bpf.RawInstruction, error) {
-	return captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, u.pass, u.kernel, u.protos)
-}
-
-func narrower(a, b fastProtocols) fastProtocols { return min(a, b) }
-func wider(a, b fastProtocols) fastProtocols    { return max(a, b) }
-
-func (d *Datapath) setFilters(u userShare) {
-	if u.kernel == 0 {
-		u.protos = 0 // nothing left out: the protocols do not matter
-	}
-	if u == d.filtered {
-		return
-	}
-	f, err := u.filter(&d.cfg)
+func (d *Datapath) setFilters(pass nodeset.NodeSet) {
+	f, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, pass)
 	if err == nil {
 		for _, w := range d.workers {
 			if err = w.sock.setFilter(f); err != nil {
@@ -286,29 +270,21 @@ func (d *Datapath) setFilters(u userShare) {
 	}
 	if err != nil {
 		if !d.closing.Load() {
-			d.log.Error("swap capture filter", "pass", u.pass.String(), "err", err)
+			d.log.Error("swap capture filter", "pass", pass.String(), "err", err)
 		}
 		return
 	}
-	d.filtered = u
+	d.filtered = pass
 }
 
 // setKernel changes what the kernel path takes. If the kernel refuses, the
 // kernel path is detached, and user space answers everything from then on.
 func (d *Datapath) setKernel(set nodeset.NodeSet, protos fastProtocols) {
-	err := d.kernel.update(set, protos)
-	if err == nil {
-		return
+	if err := d.kernel.update(set, protos); err != nil {
+		d.log.Error("kernel path: serving in user space only from now", "err", err)
+		d.kernel.close()
+		d.kernel = nil
 	}
-	d.log.Error("kernel path: serving in user space only from now", "err", err)
-	d.filtered.kernel = 0
-	if f, ferr := d.filtered.filter(&d.cfg); ferr == nil {
-		for _, w := range d.workers {
-			w.sock.setFilter(f)
-		}
-	}
-	d.kernel.close()
-	d.kernel = nil
 }
 
 // KernelPath returns the numbers the kernel path takes now, and whether it
@@ -341,7 +317,7 @@ func (d *Datapath) TapName() string { return d.tap.name }
 // Stats returns the counters summed over the workers.
 func (d *Datapath) Stats() Stats {
 	var s Stats
-	for _, w := range d.workers {
+	for _, w := range d.readers() {
 		s.Owned += w.stats.owned.Load()
 		s.NotOwned += w.stats.notOwned.Load()
 		s.Malformed += w.stats.malformed.Load()
@@ -384,7 +360,7 @@ func (d *Datapath) sweep() {
 func (d *Datapath) Announce() error {
 	f, err := arpFrame(broadcastMAC, d.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
 	if err == nil {
-		err = d.workers[0].sock.send(f, broadcastMAC)
+		err = d.arp.sock.send(f, broadcastMAC)
 	}
 	if err != nil {
 		return fmt.Errorf("announce %s: %w", d.cfg.VIP, err)
@@ -395,9 +371,17 @@ func (d *Datapath) Announce() error {
 // Closed tells whether Close has been called.
 func (d *Datapath) Closed() bool { return d.closing.Load() }
 
+// readers returns every worker: the IPv4 ones and the ARP one.
+func (d *Datapath) readers() []*worker {
+	if d.arp == nil {
+		return d.workers
+	}
+	return append(d.workers[:len(d.workers):len(d.workers)], d.arp)
+}
+
 func (d *Datapath) closeWorkers() error {
 	var err error
-	for _, w := range d.workers {
+	for _, w := range d.readers() {
 		err = errors.Join(err, w.sock.close())
 	}
 	return err

@@ -9,6 +9,7 @@ import (
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
 	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -29,13 +30,16 @@ const (
 // to user space whatever their number: only there can later fragments be
 // matched to their first and ICMP errors to the flow they quote.
 //
-// Packets the kernel path takes (protocols protos of numbers in kernel) are
-// left out, so that every packet is answered by one path only.
+// A frame the kernel path took is left out: the kernel path marks it as sent
+// to this host (PACKET_HOST) before the capture sockets, bound to IPv4 and
+// ARP rather than to every protocol, see it. So each frame is judged once,
+// by whichever program the kernel path runs at that instant, and moving a
+// number between the paths neither loses nor duplicates a packet.
 //
 // IPv4 sent to the node's own unicast MAC is left to the kernel on purpose:
 // such a frame was not meant for the cluster (a stale ARP entry), and taking it
 // as well would answer it twice.
-func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) ([]bpf.RawInstruction, error) {
+func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) ([]bpf.RawInstruction, error) {
 	if !vip.Is4() || len(clusterMAC) != 6 {
 		return nil, fmt.Errorf("capture filter: need an IPv4 VIP and a 6-byte MAC, got %s and %s", vip, clusterMAC)
 	}
@@ -60,7 +64,10 @@ func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config,
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: ip, SkipTrue: 1},
 		bpf.RetConstant{Val: 0},
 		bpf.RetConstant{Val: filterAccept},
-		// IPv4
+		// IPv4, unless the kernel path took it
+		bpf.LoadExtension{Num: bpf.ExtType},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_HOST, SkipFalse: 1},
+		bpf.RetConstant{Val: 0},
 		bpf.LoadAbsolute{Off: ethHdrLen + 16, Size: 4},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: ip, SkipTrue: 1},
 		bpf.RetConstant{Val: 0},
@@ -78,21 +85,7 @@ func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config,
 		bpf.RetConstant{Val: filterAccept},
 	}
 	p = append(p, hashProgram(cfg)...)
-	switch {
-	case kernel&pass == 0:
-		p = append(p, rangeProgram(cfg.TotalNodes, pass)...)
-	case protos == fastAllButICMP:
-		// ICMP went to user space above: the kernel path takes the rest.
-		p = append(p, rangeProgram(cfg.TotalNodes, pass&^kernel)...)
-	default:
-		all := rangeProgram(cfg.TotalNodes, pass)
-		p = append(p,
-			bpf.LoadAbsolute{Off: ethHdrLen + 9, Size: 1},
-			bpf.JumpIf{Cond: bpf.JumpEqual, Val: protoTCP, SkipTrue: uint8(len(all))},
-		)
-		p = append(p, all...)
-		p = append(p, rangeProgram(cfg.TotalNodes, pass&^kernel)...)
-	}
+	p = append(p, rangeProgram(cfg.TotalNodes, pass)...)
 	raw, err := bpf.Assemble(p)
 	if err != nil {
 		return nil, fmt.Errorf("assemble capture filter: %w", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
 	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 )
 
 // filterVM assembles captureFilter's program and loads it into x/net/bpf's
@@ -20,21 +21,17 @@ func filterVM(t *testing.T, vip netip.Addr, mac net.HardwareAddr) *bpf.VM {
 }
 
 // ownershipVM is filterVM with the ownership part: hash cfg, numbers pass.
+// The frames it runs on have not been taken by the kernel path.
 func ownershipVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) *bpf.VM {
 	t.Helper()
-	return filterProgramVM(t, vip, mac, cfg, pass, 0, fastTCP)
+	return filterProgramVM(t, vip, mac, cfg, pass, unix.PACKET_MULTICAST)
 }
 
-// ownershipVMSplit is ownershipVM for the test VIP and MAC, with the packets
-// the kernel path takes (protos of numbers in kernel) left out.
-func ownershipVMSplit(t testing.TB, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) *bpf.VM {
+// filterProgramVM is ownershipVM for frames of packet type pktType
+// (skb->pkt_type: PACKET_HOST for a frame the kernel path took).
+func filterProgramVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet, pktType uint32) *bpf.VM {
 	t.Helper()
-	return filterProgramVM(t, testVIP, testClusterMAC, cfg, pass, kernel, protos)
-}
-
-func filterProgramVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, pass, kernel nodeset.NodeSet, protos fastProtocols) *bpf.VM {
-	t.Helper()
-	raw, err := captureFilter(vip, mac, cfg, pass, kernel, protos)
+	raw, err := captureFilter(vip, mac, cfg, pass)
 	if err != nil {
 		t.Fatalf("captureFilter: %v", err)
 	}
@@ -48,6 +45,12 @@ func filterProgramVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg has
 		t.Fatalf("program does not start with the VLAN check: %v", prog[0])
 	}
 	prog = prog[3:]
+	// Nor the packet type: the test says what it is.
+	for i, ins := range prog {
+		if ext, ok := ins.(bpf.LoadExtension); ok && ext.Num == bpf.ExtType {
+			prog[i] = bpf.LoadConstant{Dst: bpf.RegA, Val: pktType}
+		}
+	}
 	vm, err := bpf.NewVM(prog)
 	if err != nil {
 		t.Fatalf("NewVM: %v", err)
@@ -223,7 +226,7 @@ func TestCaptureFilterErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := captureFilter(tt.vip, tt.mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1, 0, fastTCP); err == nil {
+			if _, err := captureFilter(tt.vip, tt.mac, hash.Config{Mode: hash.SourceIP, TotalNodes: 1}, 1); err == nil {
 				t.Fatal("captureFilter succeeded, want error")
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
@@ -42,8 +43,9 @@ func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos f
 }
 
 // The kernel path, run by the kernel, takes exactly the packets its numbers
-// own (Owner.Node, the user-space decision), and the capture filter passes
-// to user space exactly what it leaves: every packet goes one way at most.
+// own (Owner.Node, the user-space decision), and the capture filter, run on
+// the frame as the kernel path left it, passes to user space exactly what
+// it leaves: every packet goes one way at most.
 func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading eBPF needs root")
@@ -58,7 +60,9 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		kernel := pass & nodeset.NodeSet(rng.Uint64())
 		protos := fastProtocols(round / 3 % 2)
 		take := loadKernelPath(t, cfg, kernel, protos)
-		vm := ownershipVMSplit(t, cfg, pass, kernel, protos)
+		// The capture filter, run on frames as the kernel path left them.
+		untaken := ownershipVM(t, testVIP, testClusterMAC, cfg, pass)
+		taken := filterProgramVM(t, testVIP, testClusterMAC, cfg, pass, unix.PACKET_HOST)
 		o := Owner{Hash: cfg}
 		for i := 0; i < 200; i++ {
 			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
@@ -103,11 +107,16 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 			wantTaken := forKernel && kernel.Contains(node)
 			wantPassed := mac.String() == testClusterMAC.String() && !wantTaken &&
 				(p.fragment() || proto == protoICMP || pass.Contains(node))
+			got := take(frame)
+			vm := untaken
+			if got {
+				vm = taken
+			}
 			passed, err := vm.Run(frame)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := take(frame); got != wantTaken || (passed > 0) != wantPassed {
+			if got != wantTaken || (passed > 0) != wantPassed {
 				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v passed %v, want %v %v",
 					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, passed > 0, wantTaken, wantPassed)
 			}

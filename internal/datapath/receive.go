@@ -13,6 +13,9 @@ import (
 // super-frame plus its Ethernet header and some slack for VLAN tags.
 const maxFrame = 65536 + ethHdrLen + 8
 
+// maxARPFrame is the largest frame the ARP socket reads: a jumbo frame.
+const maxARPFrame = 9216
+
 // worker is one reader: its own capture socket (one of the fanout group),
 // its own TAP queue, and its own fragment table (the fanout hashes every
 // fragment of a datagram to the same worker). The flow table is shared.
@@ -29,7 +32,9 @@ type counters struct {
 	owned, notOwned, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
 }
 
-func newWorker(d *Datapath, sock *captureSocket, tapFD int) *worker {
+// newWorker makes a worker for frames of up to maxFrame bytes that writes to
+// the TAP queue tapFD (-1 for the ARP worker, which never does).
+func newWorker(d *Datapath, sock *captureSocket, tapFD, maxFrame int) *worker {
 	return &worker{d: d, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
 }
 

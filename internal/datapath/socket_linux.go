@@ -26,14 +26,17 @@ type captureSocket struct {
 // readTimeout bounds a blocking read so that a worker notices shutdown.
 const readTimeout = 200 * time.Millisecond
 
-// openCaptureSocket binds a raw packet socket to ifi that sees only the
-// frames filter passes (attached before bind), carries the virtio-net
-// header, ignores the node's own outgoing frames, subscribes the interface to
-// the cluster MAC and joins the fanout group (0: create one). The membership
-// belongs to the socket, so the kernel drops it when the socket closes, even
-// when the daemon is killed.
-func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter []bpf.RawInstruction, fanout uint16) (*captureSocket, error) {
-	conn, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, &packet.Config{Filter: filter})
+// openCaptureSocket binds a raw packet socket for EtherType proto to ifi
+// that sees only the frames filter passes (attached before bind), carries
+// the virtio-net header and subscribes the interface to the cluster MAC. The
+// membership belongs to the socket, so the kernel drops it when the socket
+// closes, even when the daemon is killed.
+//
+// A socket bound to one EtherType sees a frame after the interface's
+// ingress hook (where the kernel path runs), unlike one bound to every
+// protocol, and never sees the host's own outgoing frames.
+func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, proto uint16, filter []bpf.RawInstruction) (*captureSocket, error) {
+	conn, err := packet.Listen(ifi, packet.Raw, int(proto), &packet.Config{Filter: filter})
 	if err != nil {
 		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
 	}
@@ -47,10 +50,6 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter [
 	err = raw.Control(func(fd uintptr) {
 		if serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); serr != nil {
 			serr = fmt.Errorf("PACKET_VNET_HDR: %w", serr)
-			return
-		}
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); serr != nil {
-			serr = fmt.Errorf("PACKET_IGNORE_OUTGOING: %w", serr)
 			return
 		}
 		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketRcvBuf); serr != nil {
@@ -80,9 +79,6 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter [
 			err = fmt.Errorf("join %s: %w", clusterMAC, jerr)
 		}
 	}
-	if err == nil {
-		err = s.joinFanout(fanout)
-	}
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
@@ -94,10 +90,6 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, filter [
 // flow hash, so every packet of a flow (and every fragment of a datagram,
 // which the flow dissector hashes without ports) reaches the same worker.
 // Group 0 asks the kernel for a new, unique group id.
-//
-// A group ignores PACKET_IGNORE_OUTGOING on its sockets: without the
-// group's own flag (Linux 6.9+), every frame this host sends would be cloned
-// for the group and hashed, only for the filter to drop it.
 func (s *captureSocket) joinFanout(group uint16) error {
 	var err error
 	cerr := s.raw.Control(func(fd uintptr) {
@@ -105,11 +97,7 @@ func (s *captureSocket) joinFanout(group uint16) error {
 		if group == 0 {
 			arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
 		}
-		err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg|unix.PACKET_FANOUT_FLAG_IGNORE_OUTGOING<<16)
-		if err == unix.EINVAL {
-			err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg)
-		}
-		if err != nil {
+		if err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
 			err = fmt.Errorf("PACKET_FANOUT: %w", err)
 		}
 	})

@@ -21,17 +21,18 @@ const (
 
 type failoverLab struct {
 	*Lab
-	key     string
-	daemons map[string]*Proc
-	servers map[string]*Proc
+	key      string
+	datapath string // the daemons' --datapath
+	daemons  map[string]*Proc
+	servers  map[string]*Proc
 }
 
 // BenchFailover runs a lab of 3 nodes under load and measures, for a
 // daemon killed with SIGKILL, a drain then resume, a service stopping behind
 // a health check, and a crashed node restarting: how long new connections
 // failed, how many long-lived connections broke, and how many flows two
-// nodes answered.
-func BenchFailover(ctx context.Context, w io.Writer) (err error) {
+// nodes answered. datapath is the daemons' --datapath.
+func BenchFailover(ctx context.Context, w io.Writer, datapath string) (err error) {
 	l, err := New(Options{Prefix: "cipbench", Nodes: 3})
 	if err != nil {
 		return err
@@ -41,7 +42,7 @@ func BenchFailover(ctx context.Context, w io.Writer) (err error) {
 			err = cerr
 		}
 	}()
-	f := &failoverLab{Lab: l, key: filepath.Join(l.Dir, "gossip.key"), daemons: map[string]*Proc{}, servers: map[string]*Proc{}}
+	f := &failoverLab{Lab: l, key: filepath.Join(l.Dir, "gossip.key"), datapath: datapath, daemons: map[string]*Proc{}, servers: map[string]*Proc{}}
 	if err := f.setup(); err != nil {
 		return err
 	}
@@ -149,7 +150,8 @@ func (f *failoverLab) startDaemon(h *Host, k int) error {
 	for _, n := range f.Nodes {
 		peers = append(peers, n.Addr.String())
 	}
-	p, err := f.StartDaemon(h, "--config", conf, "--peers", strings.Join(peers, ","), "--gossip-key", f.key, "--node-name", h.Name)
+	p, err := f.StartDaemon(h, "--config", conf, "--peers", strings.Join(peers, ","), "--gossip-key", f.key, "--node-name", h.Name,
+		"--datapath", f.datapath)
 	f.daemons[h.Name] = p
 	return err
 }
