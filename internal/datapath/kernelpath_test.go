@@ -137,3 +137,49 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkKernelPath times the kernel path's program in the kernel
+// (BPF_PROG_TEST_RUN, JIT-compiled) on a TCP segment it takes and on one of
+// another node's that it leaves. The time is the program's alone; the
+// kernel reports it per run.
+func BenchmarkKernelPath(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("loading eBPF needs root")
+	}
+	cfg := hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7}
+	o := Owner{Hash: cfg}
+	var p ipv4Packet
+	frames := map[int][]byte{} // node -> a frame owned by it
+	for port := uint16(1024); len(frames) < 2; port++ {
+		ipb := mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(port, 80))
+		if !parseIPv4(ipb, &p) {
+			b.Fatal("test packet does not parse")
+		}
+		if n := o.Node(&p); n <= 2 && frames[n] == nil {
+			frames[n] = mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)
+		}
+	}
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer counter.Close()
+	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
+	prog, err := k.load(nodeset.NodeSet(0).Add(1), fastTCP)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer prog.Close()
+	for _, bc := range []struct {
+		name  string
+		frame []byte
+	}{{"taken", frames[1]}, {"left", frames[2]}} {
+		b.Run(bc.name, func(b *testing.B) {
+			_, per, err := prog.Benchmark(bc.frame, b.N, b.ResetTimer)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
+		})
+	}
+}
