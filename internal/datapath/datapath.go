@@ -73,11 +73,11 @@ func (p *Policy) settled() nodeset.NodeSet {
 // kernelProtocols is what the kernel path may take under p: with flow
 // tracking only TCP, whose connections can be read back from the socket
 // table; connectionless flows are seen only in user space.
-func (p *Policy) kernelProtocols() fastProtocols {
+func (p *Policy) kernelProtocols() kernelProtos {
 	if p.Track {
-		return fastTCP
+		return kernelTCPOnly
 	}
-	return fastAllButICMP
+	return kernelAllButICMP
 }
 
 // FlowStats describes the flow table, as of its last sweep.
@@ -279,7 +279,7 @@ func (d *Datapath) setFilters(pass nodeset.NodeSet) {
 
 // setKernel changes what the kernel path takes. If the kernel refuses, the
 // kernel path is detached, and user space answers everything from then on.
-func (d *Datapath) setKernel(set nodeset.NodeSet, protos fastProtocols) {
+func (d *Datapath) setKernel(set nodeset.NodeSet, protos kernelProtos) {
 	if err := d.kernel.update(set, protos); err != nil {
 		d.log.Error("kernel path: serving in user space only from now", "err", err)
 		d.kernel.close()

@@ -106,14 +106,7 @@ const (
 // with the ports as x86-64 loads them (byte-swapped). Classic BPF has no
 // rotation, so rol32(x, k) is (x << k) | (x >> (32-k)) through a scratch word.
 func hashProgram(cfg hash.Config) []bpf.Instruction {
-	words := uint32(1)
-	switch cfg.Mode {
-	case hash.SourceIPSourcePort:
-		words = 2
-	case hash.SourceIPSourcePortDestPort:
-		words = 3
-	}
-	iv := cfg.Seed + 0xdeadbeef + words<<2
+	words, iv := jhashWords(cfg)
 	var p []bpf.Instruction
 	if words == 1 {
 		p = append(p,
@@ -129,14 +122,31 @@ func hashProgram(cfg hash.Config) []bpf.Instruction {
 		bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: iv},
 		bpf.StoreScratch{Src: bpf.RegA, N: regA},
 	)
-	// __jhash_final(a, b, c)
-	for _, s := range []struct{ x, y, k int }{
-		{regC, regB, 14}, {regA, regC, 11}, {regB, regA, 25}, {regC, regB, 16},
-		{regA, regC, 4}, {regB, regA, 14}, {regC, regB, 24},
-	} {
+	for _, s := range jhashFinal {
 		p = append(p, xorSubRol(s.x, s.y, s.k)...)
 	}
 	return p
+}
+
+// jhashWords returns how many words the kernel target hashes in cfg's mode
+// (source address, then source port, then destination port) and the
+// initial value of jhash_{1,2,3}words for them.
+func jhashWords(cfg hash.Config) (words, iv uint32) {
+	words = 1
+	switch cfg.Mode {
+	case hash.SourceIPSourcePort:
+		words = 2
+	case hash.SourceIPSourcePortDestPort:
+		words = 3
+	}
+	return words, cfg.Seed + 0xdeadbeef + words<<2
+}
+
+// jhashFinal is __jhash_final(a, b, c) as steps x ^= y; x -= rol32(y, k),
+// with a, b, c numbered 0, 1, 2 (regA, regB, regC).
+var jhashFinal = [...]struct{ x, y, k int }{
+	{regC, regB, 14}, {regA, regC, 11}, {regB, regA, 25}, {regC, regB, 16},
+	{regA, regC, 4}, {regB, regA, 14}, {regC, regB, 24},
 }
 
 // portsProgram stores sport+iv in regB and, for three words, dport+iv in

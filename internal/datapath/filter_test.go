@@ -252,24 +252,7 @@ func TestCaptureFilterOwnership(t *testing.T) {
 		for i := 0; i < 300; i++ {
 			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
 			sport, dport := uint16(rng.Uint32()), uint16(rng.Uint32())
-			var proto uint8
-			var l4 []byte
-			switch i % 8 {
-			case 0, 1:
-				proto, l4 = testTCP, mkTCP(sport, dport)
-			case 2:
-				proto, l4 = testUDP, mkUDP(sport, dport)
-			case 3:
-				proto, l4 = testSCTP, mkSCTP(sport, dport)
-			case 4:
-				proto, l4 = testESP, mkESP(rng.Uint32())
-			case 5:
-				proto, l4 = testAH, mkAH(rng.Uint32())
-			case 6:
-				proto, l4 = testGRE, mkGRE()
-			case 7:
-				proto, l4 = 136, mkUDP(sport, dport) // UDP-Lite
-			}
+			proto, l4 := testL4(i%8, sport, dport, rng.Uint32())
 			h := testIPHdr{src: src, dst: vip, proto: proto}
 			if i%5 == 0 {
 				h.options = []byte{1, 1, 1, 0} // the ports move with the header length

@@ -110,6 +110,29 @@ func mkICMP(typ, code uint8, rest uint32, body []byte) []byte {
 	return append(b, body...)
 }
 
+// testL4 returns the protocol and L4 header of one of nine kinds of test
+// packet: TCP (kinds 0 and 1), UDP, SCTP, ESP, AH, GRE, UDP-Lite, and an
+// ICMP echo request (kind 8). spi is the SPI or echo identifier.
+func testL4(kind int, sport, dport uint16, spi uint32) (uint8, []byte) {
+	switch kind {
+	case 0, 1:
+		return testTCP, mkTCP(sport, dport)
+	case 2:
+		return testUDP, mkUDP(sport, dport)
+	case 3:
+		return testSCTP, mkSCTP(sport, dport)
+	case 4:
+		return testESP, mkESP(spi)
+	case 5:
+		return testAH, mkAH(spi)
+	case 6:
+		return testGRE, mkGRE()
+	case 7:
+		return 136, mkUDP(sport, dport) // UDP-Lite
+	}
+	return protoICMP, mkICMP(8, 0, spi, nil)
+}
+
 // mkEther returns an Ethernet II frame.
 func mkEther(dst, src net.HardwareAddr, etherType uint16, payload []byte) []byte {
 	b := make([]byte, 14, 14+len(payload))

@@ -40,22 +40,22 @@ type kernelPath struct {
 
 	// What the attached program takes.
 	set    nodeset.NodeSet
-	protos fastProtocols
+	protos kernelProtos
 }
 
-// fastProtocols says which whole (unfragmented) IPv4 packets the kernel path
+// kernelProtos says which whole (unfragmented) IPv4 packets the kernel path
 // may take for its numbers. ICMP always goes to user space: an ICMP error is
 // owned by the flow it quotes, not by its sender.
-type fastProtocols uint8
+type kernelProtos uint8
 
 const (
-	fastTCP        fastProtocols = iota // with flow tracking
-	fastAllButICMP                      // without: every answer is the hash's
+	kernelTCPOnly        kernelProtos = iota // with flow tracking
+	kernelAllButICMP                      // without: every answer is the hash's
 )
 
 // takes reports whether a protocol is one the kernel path may take.
-func (f fastProtocols) takes(proto uint8) bool {
-	if f == fastTCP {
+func (f kernelProtos) takes(proto uint8) bool {
+	if f == kernelTCPOnly {
 		return proto == protoTCP
 	}
 	return proto != protoICMP
@@ -75,7 +75,7 @@ func openKernelPath(ifindex int, vip [4]byte, mac net.HardwareAddr, cfg hash.Con
 		return nil, fmt.Errorf("kernel path: counter map: %w", err)
 	}
 	k := &kernelPath{vip: vip, mac: mac, hash: cfg, counter: counter}
-	prog, err := k.load(0, fastTCP)
+	prog, err := k.load(0, kernelTCPOnly)
 	if err != nil {
 		counter.Close()
 		return nil, err
@@ -92,7 +92,7 @@ func openKernelPath(ifindex int, vip [4]byte, mac net.HardwareAddr, cfg hash.Con
 
 // update makes the kernel path take exactly the packets of protos whose
 // number is in set; the link swaps programs atomically.
-func (k *kernelPath) update(set nodeset.NodeSet, protos fastProtocols) error {
+func (k *kernelPath) update(set nodeset.NodeSet, protos kernelProtos) error {
 	if set == k.set && protos == k.protos {
 		return nil
 	}
@@ -109,7 +109,7 @@ func (k *kernelPath) update(set nodeset.NodeSet, protos fastProtocols) error {
 	return nil
 }
 
-func (k *kernelPath) load(set nodeset.NodeSet, protos fastProtocols) (*ebpf.Program, error) {
+func (k *kernelPath) load(set nodeset.NodeSet, protos kernelProtos) (*ebpf.Program, error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "cip_ingress",
 		Type:         ebpf.SchedCLS,
@@ -159,7 +159,7 @@ const (
 // user space". Registers: R6 the skb; after the loads, R7 the IHL in bytes,
 // R8 the protocol, R9 the source address; the hash uses R1-R5 once no more
 // helpers are called.
-func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos fastProtocols, counterFD int) asm.Instructions {
+func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos, counterFD int) asm.Instructions {
 	if set == 0 {
 		return asm.Instructions{asm.Mov.Imm(asm.R0, tcxNext), asm.Return()}
 	}
@@ -211,7 +211,7 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 		asm.JNE.Imm(asm.R0, 0, "next"),
 		asm.LoadMem(asm.R8, asm.RFP, stackIP+9, asm.Byte),
 	)
-	if protos == fastTCP {
+	if protos == kernelTCPOnly {
 		p = append(p, asm.JNE.Imm(asm.R8, protoTCP, "next"))
 	} else {
 		p = append(p, asm.JEq.Imm(asm.R8, protoICMP, "next"))
@@ -220,21 +220,16 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 		asm.LoadMem(asm.R9, asm.RFP, stackIP+12, asm.Word), // saddr
 		asm.HostTo(asm.BE, asm.R9, asm.Word),
 	)
-	words := int32(1)
-	switch cfg.Mode {
-	case hash.SourceIPSourcePort:
-		words = 2
-	case hash.SourceIPSourcePortDestPort:
-		words = 3
-	}
+	words, initval := jhashWords(cfg)
 	// The ports as an x86-64 kernel loads them: little-endian, from
 	// PortsOffset into the L4 header; zeros for protocols without ports.
 	p = append(p, asm.StoreImm(asm.RFP, stackPorts, 0, asm.Word))
 	if words > 1 {
 		p = append(p, portsLoad(protos, loadBytes)...)
 	}
-	iv := int32(cfg.Seed + 0xdeadbeef + uint32(words)<<2)
+	iv := int32(initval)
 	const a, b, c, t, u = asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
+	abc := [3]asm.Register{a, b, c}
 	p = append(p,
 		asm.Mov.Reg32(a, asm.R9),
 		asm.Add.Imm32(a, iv),
@@ -253,19 +248,16 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 			asm.Add.Imm32(c, iv),
 		)
 	}
-	// __jhash_final(a, b, c): x ^= y; x -= rol32(y, k).
-	for _, s := range []struct {
-		x, y asm.Register
-		k    int32
-	}{{c, b, 14}, {a, c, 11}, {b, a, 25}, {c, b, 16}, {a, c, 4}, {b, a, 14}, {c, b, 24}} {
+	for _, s := range jhashFinal {
+		x, y, k := abc[s.x], abc[s.y], int32(s.k)
 		p = append(p,
-			asm.Xor.Reg32(s.x, s.y),
-			asm.Mov.Reg32(t, s.y),
-			asm.LSh.Imm32(t, s.k),
-			asm.Mov.Reg32(u, s.y),
-			asm.RSh.Imm32(u, 32-s.k),
+			asm.Xor.Reg32(x, y),
+			asm.Mov.Reg32(t, y),
+			asm.LSh.Imm32(t, k),
+			asm.Mov.Reg32(u, y),
+			asm.RSh.Imm32(u, 32-k),
 			asm.Or.Reg32(t, u),
-			asm.Sub.Reg32(s.x, t),
+			asm.Sub.Reg32(x, t),
 		)
 	}
 	// reciprocal_scale(h, total) + 1 in set, as ranges of h.
@@ -300,7 +292,7 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 // portsLoad loads the four port bytes at PortsOffset(proto) past the IP
 // header (R7 bytes after the Ethernet header) into stackPorts. A packet too
 // short to hold them is left to user space, as the capture filter does.
-func portsLoad(protos fastProtocols, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
+func portsLoad(protos kernelProtos, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
 	var p asm.Instructions
 	for proto := 0; proto < 256; proto++ {
 		off := hash.PortsOffset(uint8(proto))

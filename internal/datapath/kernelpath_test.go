@@ -16,7 +16,7 @@ import (
 // loadKernelPath loads (without attaching) the kernel path's program for
 // set and protos, and returns a function that runs it on a frame and tells
 // whether it took the frame.
-func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos fastProtocols) func([]byte) bool {
+func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
 	t.Helper()
 	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
@@ -58,7 +58,7 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
 		pass := nodeset.NodeSet(rng.Uint64()) & all
 		kernel := pass & nodeset.NodeSet(rng.Uint64())
-		protos := fastProtocols(round / 3 % 2)
+		protos := kernelProtos(round / 3 % 2)
 		take := loadKernelPath(t, cfg, kernel, protos)
 		// The capture filter, run on frames as the kernel path left them.
 		untaken := ownershipVM(t, testVIP, testClusterMAC, cfg, pass)
@@ -67,24 +67,7 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		for i := 0; i < 200; i++ {
 			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
 			sport, dport := uint16(rng.Uint32()), uint16(rng.Uint32())
-			var proto uint8
-			var l4 []byte
-			switch i % 9 {
-			case 0, 1, 2:
-				proto, l4 = testTCP, mkTCP(sport, dport)
-			case 3:
-				proto, l4 = testUDP, mkUDP(sport, dport)
-			case 4:
-				proto, l4 = testSCTP, mkSCTP(sport, dport)
-			case 5:
-				proto, l4 = testESP, mkESP(rng.Uint32())
-			case 6:
-				proto, l4 = testAH, mkAH(rng.Uint32())
-			case 7:
-				proto, l4 = testGRE, mkGRE()
-			case 8:
-				proto, l4 = protoICMP, mkICMP(8, 0, rng.Uint32(), nil)
-			}
+			proto, l4 := testL4(i%9, sport, dport, rng.Uint32())
 			h := testIPHdr{src: src, dst: vip, proto: proto}
 			if i%5 == 0 {
 				h.options = []byte{1, 1, 1, 0} // the ports move with the header length
@@ -165,7 +148,7 @@ func BenchmarkKernelPath(b *testing.B) {
 	}
 	defer counter.Close()
 	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
-	prog, err := k.load(nodeset.NodeSet(0).Add(1), fastTCP)
+	prog, err := k.load(nodeset.NodeSet(0).Add(1), kernelTCPOnly)
 	if err != nil {
 		b.Fatal(err)
 	}
