@@ -49,8 +49,8 @@ type kernelPath struct {
 type kernelProtos uint8
 
 const (
-	kernelTCPOnly        kernelProtos = iota // with flow tracking
-	kernelAllButICMP                      // without: every answer is the hash's
+	kernelTCPOnly    kernelProtos = iota // with flow tracking
+	kernelAllButICMP                     // without: every answer is the hash's
 )
 
 // takes reports whether a protocol is one the kernel path may take.
