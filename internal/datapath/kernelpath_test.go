@@ -13,22 +13,29 @@ import (
 	"github.com/clusterip/clusterip/nodeset"
 )
 
-// loadKernelPath loads (without attaching) the kernel path's program for
-// set and protos, and returns a function that runs it on a frame and tells
-// whether it took the frame.
-func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
-	t.Helper()
+// testKernelProgram loads (without attaching) the kernel path's program for
+// the test VIP and MAC, set and protos; the kernel path counts what it takes.
+func testKernelProgram(tb testing.TB, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
+	tb.Helper()
 	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
-		t.Fatalf("counter map: %v", err)
+		tb.Fatalf("counter map: %v", err)
 	}
-	t.Cleanup(func() { counter.Close() })
+	tb.Cleanup(func() { counter.Close() })
 	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
 	prog, err := k.load(set, protos)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { prog.Close() })
+	tb.Cleanup(func() { prog.Close() })
+	return k, prog
+}
+
+// loadKernelPath returns a function that runs the kernel path's program for
+// set and protos on a frame and tells whether it took the frame.
+func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
+	t.Helper()
+	k, prog := testKernelProgram(t, cfg, set, protos)
 	return func(frame []byte) bool {
 		before := k.taken()
 		ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
@@ -142,17 +149,7 @@ func BenchmarkKernelPath(b *testing.B) {
 			frames[n] = mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)
 		}
 	}
-	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer counter.Close()
-	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
-	prog, err := k.load(nodeset.NodeSet(0).Add(1), kernelTCPOnly)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer prog.Close()
+	_, prog := testKernelProgram(b, cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
 	for _, bc := range []struct {
 		name  string
 		frame []byte
