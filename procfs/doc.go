@@ -40,10 +40,12 @@
 // kernel would split it into several FUSE requests and it would no longer be
 // one command.
 //
-// Once a file is removed (or the Dir closed), reads and writes through file
-// descriptors that were opened earlier fail with EIO, as they do for a removed
-// proc entry, and its File is not called again. Calls already in progress are
-// not waited for.
+// Once a file is removed, reads and writes through file descriptors that were
+// opened earlier fail with EIO, as they do for a removed proc entry, and its
+// File is not called again. Calls already in progress are not waited for.
+// Closing the Dir aborts the FUSE connection: everything that still refers to
+// the mount, here or as a copy in another mount namespace, fails with
+// ENOTCONN, and Close does not wait for any of it.
 //
 // Files cannot be created, removed or renamed through the mount; only the
 // owner of the Dir changes its contents.

@@ -237,10 +237,11 @@ func (d *Dir) Remove(name string) error {
 // removes the directory if Mount created it. Close is safe to call more than
 // once; later calls return the result of the first.
 //
-// If the mount is busy (a process has a file open or its working directory
-// inside), it is detached lazily instead: it disappears from the file system
-// at once, the remaining descriptors get EIO, and the server finishes when
-// the last of them is closed, without Close waiting for that.
+// Close aborts the FUSE connection as it unmounts, so it returns promptly
+// even when the mount is busy (a process has a file open or its working
+// directory inside) or lives on as a copy in another mount namespace: the
+// mount disappears from this namespace, and whatever still refers to it, an
+// open descriptor or a copy elsewhere, fails with ENOTCONN from then on.
 func (d *Dir) Close() error {
 	d.closeOnce.Do(func() {
 		d.closeErr = d.close()
@@ -263,10 +264,8 @@ func (d *Dir) close() error {
 		return fmt.Errorf("unmount %s: %w", d.path, err)
 	}
 	if wait {
-		// The server finishes when the kernel ends the connection,
-		// which it does once no other mount shares the superblock;
-		// one left in a namespace that received ours by mount
-		// propagation could keep it alive indefinitely.
+		// The abort ends the server at once; the timeout is for a
+		// kernel without MNT_FORCE support in FUSE.
 		select {
 		case <-d.served:
 		case <-time.After(serveTimeout):
@@ -292,11 +291,19 @@ func (d *Dir) unmount() (wait bool, err error) {
 		return false, nil
 	}
 
+	// MNT_FORCE first aborts the FUSE connection (the kernel's
+	// fuse_umount_begin), which ends our server at once even when copies
+	// of the mount live on in other mount namespaces (a service started
+	// with `ip netns exec`, or systemd's PrivateTmp=): the connection
+	// belongs to the superblock they share, and without the abort the
+	// server would run until the last copy went. The copies then fail
+	// with ENOTCONN instead of hanging.
+	//
 	// Descriptors closed just before Close may still be on their way out
 	// of the kernel (release is asynchronous), so retry EBUSY briefly.
 	delay := 5 * time.Millisecond
 	for range 5 {
-		err = unix.Unmount(d.path, 0)
+		err = unix.Unmount(d.path, unix.MNT_FORCE)
 		if !errors.Is(err, unix.EBUSY) {
 			break
 		}
@@ -311,7 +318,9 @@ func (d *Dir) unmount() (wait bool, err error) {
 		if err := unix.Unmount(d.path, unix.MNT_DETACH); err != nil {
 			return false, err
 		}
-		return false, nil
+		// Aborted above: the server ends without waiting for the
+		// descriptors still open.
+		return true, nil
 	case errors.Is(err, unix.EINVAL):
 		// Not a mount point any more: someone detached it between
 		// our check and the unmount.

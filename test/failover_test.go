@@ -23,12 +23,8 @@ func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *
 	t.Helper()
 	c := &cluster{Lab: newLab(t, nodes, false), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
 	key := filepath.Join(c.Dir, "gossip.key")
-	out, err := run(clusterctl, "genkey")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(key, []byte(out), 0o600); err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command(clusterctl, "genkey", key).CombinedOutput(); err != nil {
+		t.Fatalf("genkey: %v %s", err, out)
 	}
 	for i, h := range c.Nodes {
 		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name, "--tcp", ":80", "--udp", ":7",
@@ -325,11 +321,9 @@ func TestWrongGossipKeyKeptOut(t *testing.T) {
 	c := &cluster{Lab: newLab(t, 3, false), t: t, mode: "sourceip", daemons: map[string]*lab.Proc{}}
 	good, bad := filepath.Join(c.Dir, "good.key"), filepath.Join(c.Dir, "bad.key")
 	for _, f := range []string{good, bad} {
-		k, err := run(clusterctl, "genkey")
-		if err != nil {
-			t.Fatal(err)
+		if out, err := exec.Command(clusterctl, "genkey", f).CombinedOutput(); err != nil {
+			t.Fatalf("genkey: %v %s", err, out)
 		}
-		os.WriteFile(f, []byte(k), 0o600)
 	}
 	for i, h := range c.Nodes {
 		key := good

@@ -102,6 +102,18 @@ func daemonCommand(socket *string) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// SIGHUP's default action would kill the daemon without
+			// restoring the host, and systemd counts that death as a clean
+			// exit. Until it reloads the config, the daemon says so and
+			// carries on.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					opts.Log.Warn("SIGHUP ignored: reloading the config is not supported yet; restart the daemon to apply a changed --config")
+				}
+			}()
 			return daemon.Run(ctx, opts)
 		},
 	}
@@ -112,7 +124,7 @@ func daemonCommand(socket *string) *cobra.Command {
 	f.StringSliceVar(&m.Peers, "peers", nil, "turn on heartbeats and automatic failover, joining these nodes (ADDR[:PORT],...; may include this node)")
 	f.StringVar(&bind, "bind", "", "address to gossip on (default: this host's address towards the first peer)")
 	f.IntVar(&m.Port, "gossip-port", 7946, "gossip port, TCP and UDP")
-	f.StringVar(&m.KeyFile, "gossip-key", "", "file holding the shared gossip key (clusterctl genkey > FILE)")
+	f.StringVar(&m.KeyFile, "gossip-key", "", "file holding the shared gossip key, mode 0600 (clusterctl genkey FILE)")
 	f.BoolVar(&m.Insecure, "gossip-insecure", false, "gossip without encryption or authentication")
 	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership (default: the host name)")
 	f.DurationVar(&m.AloneAfter, "alone-after", 0, "serve every number alone if no peer was met within this time (0: never; a node that met no peer serves nothing)")
@@ -154,16 +166,23 @@ func resumeCommand(client func() daemon.Client) *cobra.Command {
 
 func genkeyCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "genkey",
-		Short: "Print a new gossip key (clusterctl genkey > /etc/clusterip/gossip.key)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			k, err := membership.GenerateKey()
-			if err != nil {
+		Use:   "genkey FILE",
+		Short: "Write a new gossip key to FILE, mode 0600 (copy the same file to every node); - prints it",
+		Long: `Write a new gossip key to FILE, readable by its owner only. The daemon refuses a
+key file that group or others can read or write: whoever can read it can join the
+gossip and take node numbers away from real nodes. FILE "-" prints the key to
+standard output instead, for piping to a secret store.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "-" {
+				k, err := membership.GenerateKey()
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), k)
 				return err
 			}
-			_, err = fmt.Fprintln(cmd.OutOrStdout(), k)
-			return err
+			return membership.WriteKeyFile(args[0])
 		},
 	}
 }

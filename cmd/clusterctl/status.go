@@ -53,5 +53,10 @@ func printStatus(out io.Writer, st []daemon.ClusterStatus) error {
 			fmt.Fprintf(out, "health check: %s\n", c.Health)
 		}
 	}
+	for _, c := range st {
+		for _, p := range c.Problems {
+			fmt.Fprintf(out, "PROBLEM %s: %s\n", c.Args[1], p)
+		}
+	}
 	return nil
 }

@@ -38,6 +38,10 @@ type ClusterStatus struct {
 	Draining   bool               `json:"draining,omitempty"`
 	Health     string             `json:"health,omitempty"` // last health-check change
 	Members    []MemberStatus     `json:"members,omitempty"`
+	// Problems are what keeps the node from doing its job for this
+	// cluster right now, each in one line (a name conflict, the interface
+	// gone); empty when all is well.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // Spec parses the status's cluster definition.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -18,7 +19,7 @@ type Client struct {
 func (c Client) call(req request) (response, error) {
 	conn, err := net.DialTimeout("unix", c.Socket, 2*time.Second)
 	if err != nil {
-		return response{}, fmt.Errorf("%w on %s (start it with: clusterctl daemon)", errNoDaemon, c.Socket)
+		return response{}, dialError(c.Socket, err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
@@ -33,6 +34,19 @@ func (c Client) call(req request) (response, error) {
 		return resp, errors.New(resp.Error)
 	}
 	return resp, nil
+}
+
+// dialError says why the daemon's socket could not be reached, in the
+// words an operator needs: nobody listening is not the same as not being
+// allowed to ask.
+func dialError(socket string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("control socket %s: permission denied (the daemon answers root only; run as root)", socket)
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w on %s (start it with: clusterctl daemon)", errNoDaemon, socket)
+	}
+	return fmt.Errorf("control socket %s: %w", socket, err)
 }
 
 // New creates a cluster.

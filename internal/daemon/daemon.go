@@ -4,14 +4,13 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -138,34 +137,22 @@ func Run(ctx context.Context, opts Options) error {
 		close(loopDone)
 	}
 	defer func() { stopLoop(); <-loopDone }()
-	go d.serve(ln)
+	go newControlServer(ln, d.do, d.log).serve()
 	d.log.Info("daemon ready", "socket", opts.Socket, "control", opts.ControlDir, "clusters", len(specs))
 	sdNotify("READY=1")
-	<-ctx.Done()
-	sdNotify("STOPPING=1")
-	return nil
-}
-
-// listenControlSocket refuses to take over a socket another daemon answers
-// on, and removes one a dead daemon left behind.
-func listenControlSocket(path string) (net.Listener, error) {
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("control socket %s: another daemon is running", path)
+	var fatal <-chan error
+	if d.ms != nil {
+		fatal = d.ms.Fatal()
 	}
-	os.Remove(path)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	select {
+	case <-ctx.Done():
+		sdNotify("STOPPING=1")
+		return nil
+	case err := <-fatal:
+		d.log.Error("cannot go on", "err", err)
+		sdNotify("STOPPING=1")
+		return err
 	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket %s: %w", path, err)
-	}
-	return ln, nil
 }
 
 func (d *Daemon) shutdown(ln net.Listener) {
@@ -205,29 +192,6 @@ func (d *Daemon) shutdown(ln net.Listener) {
 		}
 	}
 	d.log.Info("daemon stopped")
-}
-
-func (d *Daemon) serve(ln net.Listener) {
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go d.handle(conn)
-	}
-}
-
-func (d *Daemon) handle(conn net.Conn) {
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	var req request
-	var resp response
-	if err := json.NewDecoder(conn).Decode(&req); err != nil {
-		resp.Error = fmt.Sprintf("bad request: %v", err)
-	} else if err := d.do(req, &resp); err != nil {
-		resp.Error = err.Error()
-	}
-	json.NewEncoder(conn).Encode(resp)
 }
 
 func (d *Daemon) do(req request, resp *response) error {
@@ -370,9 +334,18 @@ func (d *Daemon) status() []ClusterStatus {
 		vips = append(vips, vip)
 	}
 	sort.Slice(vips, func(i, j int) bool { return vips[i].Less(vips[j]) })
+	var problems []string
+	if d.ms != nil {
+		if c, ok := d.ms.NameConflict(); ok {
+			problems = append(problems, fmt.Sprintf("member name conflict: the node at %s also calls itself %q (last seen %s); it was refused and must get its own --node-name",
+				c.Addr, c.Name, c.At.Format(time.TimeOnly)))
+		}
+	}
 	out := make([]ClusterStatus, 0, len(vips))
 	for _, vip := range vips {
-		out = append(out, d.clusters[vip].status(members))
+		st := d.clusters[vip].status(members)
+		st.Problems = slices.Concat(problems, st.Problems)
+		out = append(out, st)
 	}
 	return out
 }

@@ -31,7 +31,7 @@ func (o *MembershipOptions) config(log *slog.Logger) (membership.Config, error) 
 		}
 		c.Key = k
 	case !o.Insecure:
-		return c, fmt.Errorf("--peers needs --gossip-key FILE (make one with: clusterctl genkey > FILE), or --gossip-insecure")
+		return c, fmt.Errorf("--peers needs --gossip-key FILE (make one with: clusterctl genkey FILE), or --gossip-insecure")
 	}
 	if c.Name == "" {
 		h, err := os.Hostname()

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/health"
@@ -110,7 +111,7 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("--vip %s: not an IPv4 address", s.VIP)
 	case s.VIP.IsUnspecified() || s.VIP.IsLoopback() || s.VIP.IsMulticast() || s.VIP == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Errorf("--vip %s: not a unicast address", s.VIP)
-	case s.Interface == "" || len(s.Interface) > 15 || strings.ContainsAny(s.Interface, "/ \t\n"):
+	case !validIfaceName(s.Interface):
 		return fmt.Errorf("--interface %q: not an interface name", s.Interface)
 	case len(s.ClusterMAC) != 6:
 		return fmt.Errorf("--clustermac %s: not a 6-byte Ethernet address", s.ClusterMAC)
@@ -132,6 +133,21 @@ func (s Spec) Validate() error {
 		}
 	}
 	return s.HashConfig().Validate()
+}
+
+// validIfaceName accepts what the kernel's dev_valid_name accepts: 1 to 15
+// bytes, not "." or "..", no '/', ':', white space or NUL.
+func validIfaceName(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		switch name[i] {
+		case '/', ':', ' ', '\t', '\n', '\v', '\f', '\r', 0:
+			return false
+		}
+	}
+	return true
 }
 
 // HashConfig is the hashing part of the Spec.
@@ -223,23 +239,69 @@ func ParseConfig(name string, r io.Reader) ([]Spec, error) {
 	return specs, nil
 }
 
-// joinQuoted joins args with spaces, single-quoting those that need it as a
-// POSIX shell would, so a saved line can also be pasted after `clusterctl`.
+// joinQuoted joins args with spaces, quoting those that need it as a POSIX
+// shell would, so a saved line can also be pasted after `clusterctl`: single
+// quotes in general, and bash's $'...' for an argument holding control
+// characters (a newline in an exec check) or bytes that are not UTF-8, which
+// must stay on the line and come back byte for byte.
 func joinQuoted(args []string) string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		if a != "" && !strings.ContainsAny(a, " \t'\"\\$`#;&|<>()*?[]{}~") {
+		switch {
+		case a != "" && !strings.ContainsAny(a, " \t'\"\\$`#;&|<>()*?[]{}~!") && !needsEscapes(a):
 			out[i] = a
-			continue
+		case needsEscapes(a):
+			out[i] = ansiQuote(a)
+		default:
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 		}
-		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
 	return strings.Join(out, " ")
 }
 
+// needsEscapes tells whether s holds a byte that single quotes cannot carry
+// through a line-based file: a control character, DEL, or invalid UTF-8.
+func needsEscapes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return !utf8.ValidString(s)
+}
+
+// ansiQuote renders s as $'...' with every byte that needs it escaped.
+func ansiQuote(s string) string {
+	var b strings.Builder
+	b.WriteString("$'")
+	valid := utf8.ValidString(s)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\n':
+			b.WriteString(`\n`)
+		case c == '\r':
+			b.WriteString(`\r`)
+		case c == '\t':
+			b.WriteString(`\t`)
+		case c == '\\' || c == '\'':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < 0x20 || c == 0x7f || (c >= 0x80 && !valid):
+			fmt.Fprintf(&b, `\x%02x`, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
 // splitQuoted splits a config line into words: whitespace separates,
 // single quotes keep everything literally, double quotes too except for
-// backslash escapes, and a backslash outside quotes escapes one character.
+// backslash escapes, $'...' decodes bash's ANSI-C escapes, and a backslash
+// outside quotes escapes one character. A carriage return outside quotes is
+// white space, so files with CRLF line ends read as intended.
 func splitQuoted(line string) ([]string, error) {
 	var words []string
 	var cur strings.Builder
@@ -253,6 +315,13 @@ func splitQuoted(line string) ([]string, error) {
 				cur.Reset()
 				inWord = false
 			}
+		case ch == '$' && i+1 < len(line) && line[i+1] == '\'':
+			n, err := ansiUnquote(line[i+2:], &cur)
+			if err != nil {
+				return nil, err
+			}
+			i += 1 + n
+			inWord = true
 		case ch == '\'':
 			j := strings.IndexByte(line[i+1:], '\'')
 			if j < 0 {
@@ -286,4 +355,79 @@ func splitQuoted(line string) ([]string, error) {
 		words = append(words, cur.String())
 	}
 	return words, nil
+}
+
+// ansiUnquote decodes the body of $'...' from s (just past the opening
+// quote) into b and returns how many bytes of s it used, the closing quote
+// included. The escapes are bash's: \n \r \t \a \b \e \f \v \\ \' \" \?,
+// \xHH (one or two hex digits) and \NNN (one to three octal digits); any
+// other backslash stays as it is.
+func ansiUnquote(s string, b *strings.Builder) (int, error) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\'' {
+			return i + 1, nil
+		}
+		if c != '\\' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		i++
+		switch e := s[i]; e {
+		case 'n':
+			b.WriteByte('\n')
+		case 'r':
+			b.WriteByte('\r')
+		case 't':
+			b.WriteByte('\t')
+		case 'a':
+			b.WriteByte('\a')
+		case 'b':
+			b.WriteByte('\b')
+		case 'e', 'E':
+			b.WriteByte(0x1b)
+		case 'f':
+			b.WriteByte('\f')
+		case 'v':
+			b.WriteByte('\v')
+		case '\\', '\'', '"', '?':
+			b.WriteByte(e)
+		case 'x':
+			v, n := 0, 0
+			for ; n < 2 && i+1 < len(s) && isHex(s[i+1]); n++ {
+				i++
+				v = v*16 + hexVal(s[i])
+			}
+			if n == 0 {
+				b.WriteString(`\x`)
+				continue
+			}
+			b.WriteByte(byte(v))
+		case '0', '1', '2', '3', '4', '5', '6', '7':
+			v := int(e - '0')
+			for n := 1; n < 3 && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '7'; n++ {
+				i++
+				v = v*8 + int(s[i]-'0')
+			}
+			b.WriteByte(byte(v))
+		default:
+			b.WriteByte('\\')
+			b.WriteByte(e)
+		}
+	}
+	return 0, errors.New("unterminated $' quote")
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+func hexVal(c byte) int {
+	switch {
+	case c >= 'a':
+		return int(c-'a') + 10
+	case c >= 'A':
+		return int(c-'A') + 10
+	}
+	return int(c - '0')
 }

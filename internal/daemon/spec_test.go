@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"os/exec"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/health"
 	"github.com/clusterip/clusterip/nodeset"
 )
 
@@ -40,7 +42,8 @@ func without(flag string) []string {
 func equalSpec(a, b daemon.Spec) bool {
 	return a.VIP == b.VIP && a.Interface == b.Interface && a.Mode == b.Mode &&
 		bytes.Equal(a.ClusterMAC, b.ClusterMAC) && a.TotalNodes == b.TotalNodes &&
-		a.LocalNodes == b.LocalNodes && a.HashInit == b.HashInit
+		a.LocalNodes == b.LocalNodes && a.HashInit == b.HashInit &&
+		(a.Check == nil) == (b.Check == nil) && (a.Check == nil || *a.Check == *b.Check)
 }
 
 func nodes(n ...int) nodeset.NodeSet {
@@ -412,6 +415,97 @@ func FuzzParseConfig(f *testing.F) {
 			if !equalSpec(specs[i], out[i]) {
 				t.Fatalf("spec %d round trip:\n got %+v\nwant %+v", i, out[i], specs[i])
 			}
+		}
+	})
+}
+
+// withExec is a valid spec with an exec health check running cmd.
+func withExec(t testing.TB, cmd string) (daemon.Spec, bool) {
+	s := specs()[1]
+	c, err := health.Parse("exec:" + cmd)
+	if err != nil {
+		return s, false
+	}
+	s.Check = &c
+	if s.Validate() != nil {
+		return s, false
+	}
+	return s, true
+}
+
+// save writes what load reads back, byte for byte: a command with a newline,
+// a carriage return, quotes, a tab, control bytes or bytes that are not
+// UTF-8 must not turn into a config the daemon refuses at the next boot.
+func TestFormatConfigQuotesEveryByte(t *testing.T) {
+	for _, cmd := range []string{
+		"test -f /run/ok\nexit 0",
+		"curl -sf http://127.0.0.1/health\r",
+		"printf '%s\\n' \"$HOME\" # not a comment",
+		"a\tb\vc",
+		"\x01\x1b[0m\x7f",
+		"\xff\xfe not utf-8",
+		"ünïcödé 'quoted'",
+		"$'already' \\x41",
+		"\\",
+		"'",
+		"line1\nline2\n",
+	} {
+		s, ok := withExec(t, cmd)
+		if !ok {
+			t.Fatalf("%q: not a valid check", cmd)
+		}
+		text := daemon.FormatConfig([]daemon.Spec{s})
+		if strings.Count(text, "\n") != strings.Count(daemon.FormatConfig(nil), "\n")+1 {
+			t.Errorf("%q: saved over more than one line:\n%s", cmd, text)
+		}
+		out, err := daemon.ParseConfig("saved", strings.NewReader(text))
+		if err != nil {
+			t.Errorf("%q: saved config refused: %v\n%s", cmd, err, text)
+			continue
+		}
+		if len(out) != 1 || out[0].Check == nil || out[0].Check.Target != cmd {
+			t.Errorf("%q: came back as %+v\n%s", cmd, out, text)
+		}
+	}
+}
+
+// The quoting is what bash reads too: a saved line pasted after
+// `clusterctl` passes the same arguments.
+func TestFormatConfigQuotingIsBash(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	for _, cmd := range []string{"a\nb", "x\ry", "it's", "\x01\xff", "tab\there", "$HOME `id`"} {
+		s, _ := withExec(t, cmd)
+		line := strings.TrimPrefix(strings.TrimSpace(strings.SplitN(daemon.FormatConfig([]daemon.Spec{s}), "\nnew ", 2)[1]), "new ")
+		out, err := exec.Command(bash, "-c", "for a in "+line+"; do printf '%s\\0' \"$a\"; done").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+		if !slices.Equal(args, s.Args()) {
+			t.Errorf("%q: bash reads %q, want %q", cmd, args, s.Args())
+		}
+	}
+}
+
+func FuzzFormatConfigRoundTrip(f *testing.F) {
+	for _, s := range []string{"true", "a\nb", "x\ry", "\xff", "'\"$`\\", "$'\\n'"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cmd string) {
+		s, ok := withExec(t, cmd)
+		if !ok {
+			return
+		}
+		text := daemon.FormatConfig([]daemon.Spec{s})
+		out, err := daemon.ParseConfig("saved", strings.NewReader(text))
+		if err != nil {
+			t.Fatalf("%q: saved config refused: %v\n%s", cmd, err, text)
+		}
+		if len(out) != 1 || !equalSpec(out[0], s) {
+			t.Fatalf("%q: came back as %+v\n%s", cmd, out, text)
 		}
 	})
 }

@@ -40,6 +40,9 @@ func Parse(s string) (Check, error) {
 	if !ok || target == "" {
 		return Check{}, fmt.Errorf("--check %q: want tcp:PORT, http:URL or exec:COMMAND", s)
 	}
+	if strings.IndexByte(target, 0) >= 0 {
+		return Check{}, fmt.Errorf("--check %q: contains a NUL byte, which no command or URL can hold", s)
+	}
 	switch kind {
 	case "tcp":
 		if p, err := strconv.ParseUint(target, 10, 16); err != nil || p == 0 {
@@ -121,13 +124,47 @@ func (c Check) probe(ctx context.Context, vip netip.Addr) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = 100 * time.Millisecond
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		var out tailBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(out.String()))
 		}
 		return nil
 	}
 	return fmt.Errorf("unknown check kind %q", c.Kind)
+}
+
+// maxCheckOutput is how much of an exec check's output is kept for the
+// log and status: its end, where the reason for a failure usually is. A
+// check that prints without end must not grow the daemon.
+const maxCheckOutput = 1024
+
+// tailBuffer keeps the last maxCheckOutput bytes written to it.
+type tailBuffer struct {
+	buf     []byte
+	dropped bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= maxCheckOutput {
+		t.buf = append(t.buf[:0], p[len(p)-maxCheckOutput:]...)
+		t.dropped = true
+		return n, nil
+	}
+	if over := len(t.buf) + len(p) - maxCheckOutput; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+		t.dropped = true
+	}
+	t.buf = append(t.buf, p...)
+	return n, nil
+}
+
+func (t *tailBuffer) String() string {
+	if t.dropped {
+		return "..." + string(t.buf)
+	}
+	return string(t.buf)
 }
 
 // Run checks until ctx ends and calls report on every change of health,

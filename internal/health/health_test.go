@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -607,4 +608,52 @@ func TestRunUnknownKind(t *testing.T) {
 	if !strings.Contains(r.err.Error(), "udp") {
 		t.Errorf("error %q does not name the kind", r.err)
 	}
+}
+
+// An exec check that prints without end costs the daemon a bounded buffer,
+// and the error still carries the end of what it printed.
+func TestRunExecOutputBounded(t *testing.T) {
+	c, err := health.Parse("exec:head -c 50000000 /dev/zero | tr '\\0' x; echo; echo the real reason >&2; false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Interval, c.Timeout, c.Fall, c.Rise = time.Second, 20*time.Second, 1, 1
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	ch := runner(t, c, nil)
+	r := expectReport(t, ch, false, 30*time.Second)
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 20<<20 {
+		t.Errorf("a check that printed 50 MB allocated %d MB", grown>>20)
+	}
+	msg := r.err.Error()
+	if len(msg) > 2048 || !strings.Contains(msg, "the real reason") || !strings.Contains(msg, "exit status 1") {
+		t.Errorf("error of %d bytes, want at most 2 KiB ending in the command's last words: %.200q", len(msg), msg)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"tcp:80", "http://127.0.0.1/health", "exec:true", "exec:a\nb", "tcp:0", "ftp:x", "http:", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := health.Parse(s)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") && !strings.Contains(s, "\n") {
+				t.Fatalf("multi-line error %q", err)
+			}
+			return
+		}
+		if c.String() != s {
+			t.Fatalf("Parse(%q).String() = %q", s, c.String())
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse(%q) gave a check with default timing that does not validate: %v", s, err)
+		}
+		if strings.IndexByte(c.Target, 0) >= 0 {
+			t.Fatalf("Parse(%q) accepted a NUL byte", s)
+		}
+	})
 }

@@ -110,11 +110,7 @@ func BenchFailover(ctx context.Context, w io.Writer, datapath string) (err error
 }
 
 func (f *failoverLab) setup() error {
-	k, err := f.Run(f.Client, f.Exe, "genkey")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(f.key, []byte(k), 0o600); err != nil {
+	if _, err := f.Run(f.Client, f.Exe, "genkey", f.key); err != nil {
 		return err
 	}
 	for i, h := range f.Nodes {

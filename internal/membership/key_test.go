@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -162,6 +163,92 @@ func TestLoadKey(t *testing.T) {
 		}
 		if k, err := membership.LoadKey(path); err == nil {
 			t.Fatalf("LoadKey(empty) = %x, want an error", k)
+		}
+	})
+	t.Run("group or others can read or write", func(t *testing.T) {
+		for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666} {
+			path := filepath.Join(dir, fmt.Sprintf("mode%o", mode))
+			if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(path, mode)
+			_, err := membership.LoadKey(path)
+			if err == nil || !strings.Contains(err.Error(), "chmod 600 "+path) {
+				t.Errorf("mode %04o: LoadKey = %v, want a refusal naming the file and the fix", mode, err)
+			}
+		}
+	})
+	t.Run("owner only", func(t *testing.T) {
+		for _, mode := range []os.FileMode{0o600, 0o400} {
+			path := filepath.Join(dir, fmt.Sprintf("ok%o", mode))
+			if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(path, mode)
+			if _, err := membership.LoadKey(path); err != nil {
+				t.Errorf("mode %04o: %v", mode, err)
+			}
+		}
+	})
+	t.Run("another user's", func(t *testing.T) {
+		path := filepath.Join(dir, "nobody")
+		if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, 65534, 65534); err != nil || os.Geteuid() != 0 {
+			t.Skip("needs root")
+		}
+		if _, err := membership.LoadKey(path); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("LoadKey = %v, want a refusal", err)
+		}
+	})
+}
+
+func TestWriteKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gossip.key")
+	if err := membership.WriteKeyFile(path); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file %v, %v; want mode 0600", fi, err)
+	}
+	if _, err := membership.LoadKey(path); err != nil {
+		t.Fatalf("LoadKey of a fresh key file: %v", err)
+	}
+	first, _ := os.ReadFile(path)
+	if err := membership.WriteKeyFile(path); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("second WriteKeyFile = %v, want a refusal to overwrite", err)
+	}
+	if again, _ := os.ReadFile(path); !bytes.Equal(again, first) {
+		t.Fatal("a refused WriteKeyFile changed the key")
+	}
+	// Not through a planted link either.
+	victim := filepath.Join(dir, "victim")
+	os.WriteFile(victim, []byte("precious"), 0o644)
+	link := filepath.Join(dir, "link.key")
+	os.Symlink(victim, link)
+	if err := membership.WriteKeyFile(link); err == nil {
+		t.Fatal("WriteKeyFile wrote through a link")
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("victim now holds %q", b)
+	}
+}
+
+func FuzzParseKey(f *testing.F) {
+	k, _ := membership.GenerateKey()
+	f.Add(k)
+	f.Add("AAAA")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		key, err := membership.ParseKey(s)
+		if err != nil {
+			return
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			t.Fatalf("ParseKey(%q) accepted a %d-byte key", s, n)
 		}
 	})
 }

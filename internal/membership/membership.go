@@ -31,7 +31,19 @@ type Config struct {
 	// Insecure allows gossip without encryption or authentication.
 	Insecure bool
 	Log      *slog.Logger
+	// ForgetDeadAfter is how long a member that died or left stays in the
+	// view (and in status); 0 means DefaultForgetDeadAfter.
+	ForgetDeadAfter time.Duration
 }
+
+// DefaultForgetDeadAfter is how long a dead member is remembered: long
+// enough for an operator to see what happened, short enough that a cluster
+// whose nodes come and go under new names does not grow without bound.
+const DefaultForgetDeadAfter = 10 * time.Minute
+
+// maxDeadMembers bounds the dead members remembered at once, whatever
+// their age: the oldest deaths are forgotten first.
+const maxDeadMembers = 128
 
 // Timing, tuned for a LAN of up to 64 nodes so that a dead node is declared
 // dead within about a second: a node is probed every 150 ms by someone,
@@ -64,14 +76,20 @@ func tune(c *memberlist.Config) {
 
 // Membership is this node's view of the cluster of daemons.
 type Membership struct {
-	ml   *memberlist.Memberlist
-	name string
-	log  *slog.Logger
+	ml         *memberlist.Memberlist
+	name       string
+	log        *slog.Logger
+	started    time.Time
+	forgetDead time.Duration
 
-	mu      sync.Mutex
-	meta    []byte
-	nodes   map[string]Member    // every member seen, copied in memberlist's callbacks
-	lastAck map[string]time.Time // last ack to this node's own probe of each member
+	mu        sync.Mutex
+	meta      []byte
+	nodes     map[string]Member    // members seen, copied in memberlist's callbacks
+	deadSince map[string]time.Time // when each dead member was seen to go
+	lastAck   map[string]time.Time // last ack to this node's own probe of each member
+	conflict  *Conflict            // the last time another node claimed this one's name
+	warned    map[string]time.Time // conflicts between others, last logged
+	fatal     chan error
 
 	changes chan struct{}
 	msgs    chan []byte
@@ -94,30 +112,55 @@ func Start(cfg Config) (*Membership, error) {
 		return nil, fmt.Errorf("membership: bind address %s is not IPv4", cfg.Bind)
 	}
 	m := &Membership{
-		name:    cfg.Name,
-		log:     cfg.Log,
-		nodes:   map[string]Member{},
-		lastAck: map[string]time.Time{},
-		changes: make(chan struct{}, 1),
-		msgs:    make(chan []byte, 64),
-		done:    make(chan struct{}),
+		name:       cfg.Name,
+		log:        cfg.Log,
+		started:    time.Now(),
+		forgetDead: cfg.ForgetDeadAfter,
+		nodes:      map[string]Member{},
+		deadSince:  map[string]time.Time{},
+		lastAck:    map[string]time.Time{},
+		warned:     map[string]time.Time{},
+		fatal:      make(chan error, 1),
+		changes:    make(chan struct{}, 1),
+		msgs:       make(chan []byte, 64),
+		done:       make(chan struct{}),
+	}
+	if m.forgetDead <= 0 {
+		m.forgetDead = DefaultForgetDeadAfter
+	}
+	var err error
+	// Unpublished metadata: the start time, so that a name conflict can be
+	// settled from the first message.
+	if m.meta, err = (Meta{Started: m.started}).Encode(); err != nil {
+		return nil, err
+	}
+	transport, err := newBoundedTransport(cfg.Bind.String(), cfg.Port, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("membership: %w", err)
 	}
 	c := memberlist.DefaultLANConfig()
 	tune(c)
 	c.Name = cfg.Name
+	port := cfg.Port
+	if port == 0 {
+		port = transport.GetAutoBindPort() // as memberlist does for its own transport
+	}
 	c.BindAddr = cfg.Bind.String()
-	c.BindPort = cfg.Port
+	c.BindPort = port
 	c.AdvertiseAddr = cfg.Bind.String()
-	c.AdvertisePort = cfg.Port
+	c.AdvertisePort = port
 	c.SecretKey = cfg.Key
 	c.GossipVerifyIncoming = cfg.Key != nil
 	c.GossipVerifyOutgoing = cfg.Key != nil
 	c.Delegate = (*delegate)(m)
 	c.Events = (*events)(m)
 	c.Ping = (*pings)(m)
+	c.Conflict = (*conflicts)(m)
+	c.Transport = transport
 	c.Logger = log.New(&slogWriter{cfg.Log}, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
+		transport.Shutdown()
 		return nil, fmt.Errorf("membership: %w", err)
 	}
 	m.ml = ml
@@ -190,7 +233,7 @@ func (m *Membership) notify() {
 
 // Publish sets this node's cluster states and gossips them.
 func (m *Membership) Publish(states []ClusterState) error {
-	meta, err := EncodeMeta(states)
+	meta, err := Meta{Started: m.started, Published: true, Clusters: states}.Encode()
 	if err != nil {
 		return err
 	}
@@ -235,6 +278,8 @@ func (m *Membership) Send(name string, msg []byte) error {
 // memberlist to declare the member dead.
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
+	now := time.Now()
+	m.forgetLocked(now)
 	out := make([]Member, 0, len(m.nodes))
 	live := 0
 	for _, n := range m.nodes {
@@ -243,7 +288,6 @@ func (m *Membership) Members() []Member {
 		}
 	}
 	suspectAfter := time.Duration(3*max(live-1, 1))*probeInterval + probeTimeout
-	now := time.Now()
 	for _, n := range m.nodes {
 		if at, ok := m.lastAck[n.Name]; ok && n.State == "alive" && n.Name != m.name && now.Sub(at) > suspectAfter {
 			n.State = "suspect"
@@ -255,20 +299,72 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// forgetLocked drops members dead for longer than forgetDead, and the
+// oldest dead ones past maxDeadMembers. Callers hold m.mu.
+func (m *Membership) forgetLocked(now time.Time) {
+	for name, at := range m.deadSince {
+		if now.Sub(at) > m.forgetDead {
+			m.dropLocked(name)
+		}
+	}
+	for len(m.deadSince) > maxDeadMembers {
+		oldest, at := "", now
+		for name, t := range m.deadSince {
+			if oldest == "" || t.Before(at) {
+				oldest, at = name, t
+			}
+		}
+		m.dropLocked(oldest)
+	}
+}
+
+func (m *Membership) dropLocked(name string) {
+	delete(m.nodes, name)
+	delete(m.deadSince, name)
+	delete(m.lastAck, name)
+}
+
+// Fatal delivers the error that makes this node unable to go on: another
+// node that started earlier holds its name.
+func (m *Membership) Fatal() <-chan error { return m.fatal }
+
+// Conflict is another node claiming this node's name.
+type Conflict struct {
+	Name string
+	Addr string // the other node's address
+	At   time.Time
+}
+
+// NameConflict returns the last time another node claimed this node's
+// name, if one did in the last conflictShown.
+func (m *Membership) NameConflict() (Conflict, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conflict == nil || time.Since(m.conflict.At) > conflictShown {
+		return Conflict{}, false
+	}
+	return *m.conflict, true
+}
+
+// conflictShown is how long a refused claim on this node's name stays in
+// status after memberlist last reported it (it does on every message the
+// other node sends).
+const conflictShown = time.Minute
+
 // member copies what the daemon needs of a node. memberlist v0.7 does not
 // fill Node.State (its own state field shadows it), so the state comes from
 // which callback saw the node.
 func (m *Membership) member(n *memberlist.Node, state string) Member {
-	mem := Member{Name: n.Name, Addr: n.Address(), State: state, Pending: len(n.Meta) == 0}
-	clusters, err := DecodeMeta(n.Meta)
+	mem := Member{Name: n.Name, Addr: n.Address(), State: state}
+	meta, err := DecodeMeta(n.Meta)
 	if err != nil {
 		// Metadata this version cannot read (a newer daemon in a rolling
 		// upgrade, or garbage): nobody can tell what that member serves, so
 		// it holds readiness back like a member that has not spoken yet.
 		m.log.Warn("member metadata", "member", n.Name, "err", err)
-		mem.Pending = true
 	}
-	mem.Clusters = clusters
+	mem.Pending = err != nil || !meta.Published
+	mem.Clusters = meta.Clusters
 	return mem
 }
 
@@ -311,11 +407,22 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	mem := e.record(n, "alive")
 	e.mu.Lock()
 	e.lastAck[n.Name] = time.Now() // a member that just joined is not suspect
+	var sameAddr []string
+	for _, o := range e.nodes {
+		if o.Name != n.Name && o.Addr == mem.Addr && o.Live() {
+			sameAddr = append(sameAddr, o.Name)
+		}
+	}
 	e.mu.Unlock()
 	if n.Name != e.name {
 		e.joined.Store(true)
 	}
 	e.log.Info("member joined", "member", n.Name, "addr", mem.Addr)
+	if len(sameAddr) > 0 {
+		// A restarted node under a new name, or a member that is not who
+		// it says: an operator should look either way.
+		e.log.Warn("member joined with the address of another live member", "member", n.Name, "addr", mem.Addr, "others", sameAddr)
+	}
 }
 
 // NotifyLeave comes for a member that failed and for one that left;
@@ -332,14 +439,70 @@ func (e *events) NotifyUpdate(n *memberlist.Node) { e.record(n, "alive") }
 func (e *events) record(n *memberlist.Node, state string) Member {
 	m := (*Membership)(e)
 	mem := m.member(n, state)
+	e.mu.Lock()
 	if state == "dead" {
 		mem.Clusters, mem.Pending = nil, false
+		e.deadSince[n.Name] = time.Now()
+	} else {
+		delete(e.deadSince, n.Name)
 	}
-	e.mu.Lock()
 	e.nodes[n.Name] = mem
+	m.forgetLocked(time.Now())
 	e.mu.Unlock()
 	m.notify()
 	return mem
+}
+
+// conflicts learns from memberlist that two nodes claim one name; memberlist
+// then ignores the later claim, so without this one of them would be shut
+// out without a word.
+type conflicts Membership
+
+// NotifyConflict is called with the node memberlist knows under the name
+// and the other node that claims it. When the name is this node's own, the
+// node that started later yields: it stops with an error (its supervisor
+// shows it failed), and the earlier one logs the intruder and shows it in
+// status. A node without readable metadata has not spoken yet: it just
+// started.
+func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
+	m := (*Membership)(c)
+	otherAddr := other.Address()
+	if existing.Name != m.name {
+		key := existing.Name + " " + otherAddr
+		m.mu.Lock()
+		last, seen := m.warned[key]
+		if !seen || time.Since(last) > conflictShown {
+			m.warned[key] = time.Now()
+		}
+		m.mu.Unlock()
+		if !seen || time.Since(last) > conflictShown {
+			m.log.Warn("two nodes claim one member name; the later is refused until it is renamed",
+				"name", existing.Name, "member", existing.Address(), "other", otherAddr)
+		}
+		return
+	}
+	meta, err := DecodeMeta(other.Meta)
+	theirs := meta.Started
+	if err != nil || len(other.Meta) == 0 || theirs.IsZero() {
+		theirs = time.Now()
+	}
+	if theirs.Before(m.started) {
+		err := fmt.Errorf("--node-name %q is already used by the member at %s, which started first; give this node a name of its own", m.name, otherAddr)
+		select {
+		case m.fatal <- err:
+			m.log.Error("member name conflict: this node yields", "name", m.name, "other", otherAddr)
+		default:
+		}
+		return
+	}
+	m.mu.Lock()
+	first := m.conflict == nil || m.conflict.Addr != otherAddr || time.Since(m.conflict.At) > conflictShown
+	m.conflict = &Conflict{Name: m.name, Addr: otherAddr, At: time.Now()}
+	m.mu.Unlock()
+	if first {
+		m.log.Error("another node claims this node's member name; it was refused and must be given a name of its own",
+			"name", m.name, "other", otherAddr)
+	}
 }
 
 type pings Membership

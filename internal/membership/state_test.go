@@ -2,10 +2,12 @@ package membership_test
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/nodeset"
@@ -15,6 +17,10 @@ import (
 // 64-bit sets and a flags byte. The format is part of the gossip protocol,
 // so the test pins it rather than reading it from the package.
 const stateLen = 4 + 5*8 + 1
+
+// headerLen is the metadata's header: a version byte, the node's start time
+// and a flags byte.
+const headerLen = 1 + 8 + 1
 
 func set(t testing.TB, nodes ...int) nodeset.NodeSet {
 	t.Helper()
@@ -50,6 +56,23 @@ func TestMaxClusters(t *testing.T) {
 	if n := 1 + membership.MaxClusters*stateLen; n > 512 {
 		t.Fatalf("MaxClusters clusters take %d bytes, more than memberlist's 512", n)
 	}
+}
+
+// testStart is a node's start time in the metadata these tests make.
+var testStart = time.Unix(0, 0x0102030405060708)
+
+// encode is the metadata of a started node that published states.
+func encode(states []membership.ClusterState) ([]byte, error) {
+	return membership.Meta{Started: testStart, Published: true, Clusters: states}.Encode()
+}
+
+// decode returns the cluster states of metadata, checking its header.
+func decode(b []byte) ([]membership.ClusterState, error) {
+	m, err := membership.DecodeMeta(b)
+	if err == nil && len(b) > 0 && (!m.Published || !m.Started.Equal(testStart)) {
+		return nil, fmt.Errorf("header: %+v", m)
+	}
+	return m.Clusters, err
 }
 
 func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
@@ -107,20 +130,20 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := membership.EncodeMeta(tc.states)
+			b, err := encode(tc.states)
 			if err != nil {
 				t.Fatalf("EncodeMeta: %v", err)
 			}
-			if want := 1 + len(tc.states)*stateLen; len(b) != want {
+			if want := headerLen + len(tc.states)*stateLen; len(b) != want {
 				t.Fatalf("EncodeMeta gave %d bytes, want %d", len(b), want)
 			}
 			if len(b) > 512 {
 				t.Fatalf("EncodeMeta gave %d bytes, more than memberlist's 512", len(b))
 			}
-			if b[0] != 1 {
-				t.Fatalf("version byte %d, want 1", b[0])
+			if b[0] != 2 {
+				t.Fatalf("version byte %d, want 2", b[0])
 			}
-			got, err := membership.DecodeMeta(b)
+			got, err := decode(b)
 			if err != nil {
 				t.Fatalf("DecodeMeta: %v", err)
 			}
@@ -137,7 +160,7 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 }
 
 func TestEncodeMetaLayout(t *testing.T) {
-	b, err := membership.EncodeMeta([]membership.ClusterState{{
+	b, err := encode([]membership.ClusterState{{
 		VIP:       netip.MustParseAddr("192.0.2.1"),
 		Home:      set(t, 1),  // 0x...01
 		Serving:   set(t, 64), // 0x80...
@@ -151,7 +174,9 @@ func TestEncodeMetaLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []byte{
-		1,            // version
+		2,                      // version
+		1, 2, 3, 4, 5, 6, 7, 8, // start time, Unix nanoseconds
+		1,            // published
 		192, 0, 2, 1, // VIP
 		0, 0, 0, 0, 0, 0, 0, 1, // Home, big endian
 		0x80, 0, 0, 0, 0, 0, 0, 0, // Serving
@@ -168,15 +193,25 @@ func TestEncodeMetaLayout(t *testing.T) {
 func TestDecodeMetaEmpty(t *testing.T) {
 	// A node that has not published yet has no metadata at all.
 	for _, b := range [][]byte{nil, {}} {
-		got, err := membership.DecodeMeta(b)
+		got, err := decode(b)
 		if err != nil || got != nil {
 			t.Errorf("DecodeMeta(%v) = %v, %v; want nil, nil", b, got, err)
 		}
 	}
-	// A version byte alone is a node that serves no cluster.
-	got, err := membership.DecodeMeta([]byte{1})
-	if err != nil || len(got) != 0 {
-		t.Errorf("DecodeMeta([1]) = %v, %v; want no clusters, nil", got, err)
+	// A header alone is a node that serves no cluster; unpublished, it is
+	// one that has not said so yet.
+	hdr := []byte{2, 0, 0, 0, 0, 0, 0, 0, 9, 0}
+	m, err := membership.DecodeMeta(hdr)
+	if err != nil || len(m.Clusters) != 0 || m.Published || m.Started.UnixNano() != 9 {
+		t.Errorf("DecodeMeta(%v) = %+v, %v; want an unpublished node started at 9ns", hdr, m, err)
+	}
+	hdr[9] = 1
+	if m, err := membership.DecodeMeta(hdr); err != nil || !m.Published {
+		t.Errorf("DecodeMeta(%v) = %+v, %v; want published", hdr, m, err)
+	}
+	hdr[9] = 2
+	if m, err := membership.DecodeMeta(hdr); err == nil {
+		t.Errorf("DecodeMeta with an unknown header flag = %+v, want an error", m)
 	}
 }
 
@@ -185,7 +220,7 @@ func TestEncodeMetaTooManyClusters(t *testing.T) {
 	for i := range states {
 		states[i].VIP = netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
 	}
-	b, err := membership.EncodeMeta(states)
+	b, err := encode(states)
 	if err == nil {
 		t.Fatalf("EncodeMeta(%d clusters) = %d bytes, want an error", len(states), len(b))
 	}
@@ -195,7 +230,7 @@ func TestEncodeMetaTooManyClusters(t *testing.T) {
 	if !strings.Contains(err.Error(), "clusters") {
 		t.Errorf("error %q does not say what is wrong", err)
 	}
-	if _, err := membership.EncodeMeta(states[:membership.MaxClusters]); err != nil {
+	if _, err := encode(states[:membership.MaxClusters]); err != nil {
 		t.Errorf("EncodeMeta(MaxClusters): %v", err)
 	}
 }
@@ -211,7 +246,7 @@ func TestEncodeMetaNotIPv4(t *testing.T) {
 			{VIP: netip.MustParseAddr("10.0.0.1")},
 			{VIP: vip},
 		}
-		b, err := membership.EncodeMeta(states)
+		b, err := encode(states)
 		if err == nil {
 			t.Errorf("EncodeMeta with VIP %v = %v, want an error", vip, b)
 			continue
@@ -226,7 +261,7 @@ func TestEncodeMetaNotIPv4(t *testing.T) {
 }
 
 func TestDecodeMetaErrors(t *testing.T) {
-	good, err := membership.EncodeMeta([]membership.ClusterState{
+	good, err := encode([]membership.ClusterState{
 		{VIP: netip.MustParseAddr("10.0.0.1"), Home: 1},
 		{VIP: netip.MustParseAddr("10.0.0.2"), Home: 2},
 	})
@@ -244,17 +279,18 @@ func TestDecodeMetaErrors(t *testing.T) {
 		want string // part of the error
 	}{
 		{"version 0", withVersion(0), "version 0"},
-		{"version 2", withVersion(2), "version 2"},
+		{"version 1", withVersion(1), "version 1"},
 		{"version 255", withVersion(255), "version 255"},
-		{"version 2 alone", []byte{2}, "version 2"},
+		{"version 2 alone", []byte{2}, "shorter than its header"},
+		{"header cut", good[:headerLen-1], "shorter than its header"},
 		{"one byte short", good[:len(good)-1], "whole number"},
 		{"one byte long", append(bytes.Clone(good), 0), "whole number"},
-		{"header and a partial cluster", good[:2], "whole number"},
-		{"cluster without its last byte", good[:stateLen], "whole number"},
+		{"header and a partial cluster", good[:headerLen+1], "whole number"},
+		{"cluster without its last byte", good[:headerLen+stateLen-1], "whole number"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := membership.DecodeMeta(tc.b)
+			got, err := decode(tc.b)
 			if err == nil {
 				t.Fatalf("DecodeMeta = %+v, want an error", got)
 			}
@@ -268,9 +304,6 @@ func TestDecodeMetaErrors(t *testing.T) {
 	}
 }
 
-// knownFlags are the flag bits version 1 defines: draining and unhealthy.
-const knownFlags = 0b11
-
 // TestDecodeMetaUnknownFlags: DecodeMeta promises that anything malformed
 // is an error, and the version byte exists so that format changes are
 // detected. A version-1 flags byte with bits other than draining and
@@ -278,14 +311,14 @@ const knownFlags = 0b11
 // silently drops those bits instead, so different metadata decodes to the
 // same state and re-encodes to different bytes.
 func TestDecodeMetaUnknownFlags(t *testing.T) {
-	b, err := membership.EncodeMeta([]membership.ClusterState{{VIP: netip.MustParseAddr("10.0.0.1")}})
+	b, err := encode([]membership.ClusterState{{VIP: netip.MustParseAddr("10.0.0.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for bit := 2; bit < 8; bit++ {
 		bad := bytes.Clone(b)
 		bad[len(bad)-1] |= 1 << bit
-		if got, err := membership.DecodeMeta(bad); err == nil {
+		if got, err := decode(bad); err == nil {
 			t.Errorf("DecodeMeta with unknown flag bit %d = %+v, want an error", bit, got)
 		}
 	}
@@ -296,6 +329,7 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte{1})
 	f.Add([]byte{0})
 	f.Add([]byte{2, 1, 2, 3})
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 0, 1, 0})
 	for _, states := range [][]membership.ClusterState{
 		{{VIP: netip.MustParseAddr("10.0.0.1"), Home: 3, Serving: 7, Leaving: 4, Kept: 8, Excluded: 16, Draining: true}},
 		{
@@ -303,7 +337,7 @@ func FuzzDecodeMeta(f *testing.F) {
 			{VIP: netip.MustParseAddr("192.0.2.2")},
 		},
 	} {
-		b, err := membership.EncodeMeta(states)
+		b, err := encode(states)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -312,7 +346,8 @@ func FuzzDecodeMeta(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, b []byte) {
-		states, err := membership.DecodeMeta(b)
+		m, err := membership.DecodeMeta(b)
+		states := m.Clusters
 		if err != nil {
 			if states != nil {
 				t.Fatalf("DecodeMeta(%x) returned states with error %v", b, err)
@@ -320,12 +355,12 @@ func FuzzDecodeMeta(f *testing.F) {
 			return
 		}
 		if len(b) == 0 {
-			if states != nil {
-				t.Fatalf("DecodeMeta(empty) = %+v, want nil", states)
+			if states != nil || m.Published {
+				t.Fatalf("DecodeMeta(empty) = %+v, want nothing", m)
 			}
 			return
 		}
-		if want := (len(b) - 1) / stateLen; len(states) != want {
+		if want := (len(b) - headerLen) / stateLen; len(states) != want {
 			t.Fatalf("DecodeMeta(%d bytes) gave %d clusters, want %d", len(b), len(states), want)
 		}
 		for _, s := range states {
@@ -334,28 +369,23 @@ func FuzzDecodeMeta(f *testing.F) {
 			}
 		}
 		// Whatever decodes (and fits in memberlist's metadata) encodes
-		// back to the same bytes, except for flag bits version 1 does not
-		// define, which are dropped (see TestDecodeMetaUnknownFlags).
-		again, err := membership.EncodeMeta(states)
+		// back to the same bytes.
+		again, err := m.Encode()
 		if len(states) > membership.MaxClusters {
 			if err == nil {
-				t.Fatalf("EncodeMeta(%d clusters) succeeded, more than MaxClusters", len(states))
+				t.Fatalf("Encode(%d clusters) succeeded, more than MaxClusters", len(states))
 			}
 			return
 		}
 		if err != nil {
-			t.Fatalf("EncodeMeta(DecodeMeta(%x)): %v", b, err)
+			t.Fatalf("Encode(DecodeMeta(%x)): %v", b, err)
 		}
-		want := bytes.Clone(b)
-		for i := 1 + stateLen - 1; i < len(want); i += stateLen {
-			want[i] &= knownFlags
-		}
-		if !bytes.Equal(again, want) {
-			t.Fatalf("EncodeMeta(DecodeMeta(%x)) = %x", b, again)
+		if !bytes.Equal(again, b) {
+			t.Fatalf("Encode(DecodeMeta(%x)) = %x", b, again)
 		}
 		back, err := membership.DecodeMeta(again)
-		if err != nil || !reflect.DeepEqual(back, states) {
-			t.Fatalf("second DecodeMeta = %+v, %v; want %+v", back, err, states)
+		if err != nil || !reflect.DeepEqual(back, m) {
+			t.Fatalf("second DecodeMeta = %+v, %v; want %+v", back, err, m)
 		}
 	})
 }
