@@ -33,6 +33,8 @@ func TestMain(m *testing.M) {
 		fmt.Println(err)
 		os.Exit(1)
 	}
+	// Tests run the binary as other users too.
+	os.Chmod(dir, 0o755)
 	clusterctl = filepath.Join(dir, "clusterctl")
 	build := exec.Command("go", "build", "-o", clusterctl, "../cmd/clusterctl")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr

@@ -323,7 +323,7 @@ func (d *Datapath) Stats() Stats {
 		s.Malformed += w.stats.malformed.Load()
 		s.ARPReplies += w.stats.arpReplies.Load()
 		s.HeldFrags += w.stats.heldFrags.Load()
-		s.DroppedFrag += w.stats.droppedFrag.Load()
+		s.DroppedFrag += w.stats.droppedFrag.Load() + w.frags.evicted.Load()
 		s.TapErrors += w.stats.tapErrors.Load()
 	}
 	d.filterMu.Lock()

@@ -1,15 +1,24 @@
 package datapath
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
-// Limits of the fragment table. They bound what a flood of bogus fragments
-// can cost: past them new datagrams are dropped, as the kernel's own
-// reassembly drops past ipfrag_high_thresh.
+// Limits of the fragment table, per worker. Past fragMaxDatagrams the
+// oldest datagram is evicted for a new one, and past fragMaxHeldBytes the
+// oldest held fragments go: a flood of bogus fragments then costs bounded
+// memory and ages out in the order it came, while a real datagram, whose
+// fragments arrive back to back, completes long before its turn.
 const (
 	fragTimeout            = 30 * time.Second // the kernel's ipfrag_time
 	fragMaxDatagrams       = 4096
 	fragMaxHeldBytes       = 4 << 20
 	fragMaxHeldPerDatagram = 64
+	// fragSpans is how many disjoint pieces of one datagram are tracked
+	// while it is incomplete. Fragments in order merge into one; a
+	// datagram torn into more pieces than this at once is left to expire.
+	fragSpans = 8
 )
 
 // fragKey names one IPv4 datagram to the VIP (the destination is implied).
@@ -28,72 +37,199 @@ const (
 	fragDrop
 )
 
+// fragPiece is where one fragment's payload lies in its datagram, in bytes.
+type fragPiece struct {
+	off, end uint32
+	last     bool // more-fragments clear: end is the datagram's length
+}
+
+// pieceOf is the piece an IPv4 fragment carries.
+func pieceOf(p *ipv4Packet) fragPiece {
+	off := uint32(p.fragOff) * 8
+	return fragPiece{off: off, end: off + uint32(len(p.l4)), last: !p.more}
+}
+
+type fragSpan struct{ off, end uint32 }
+
 type fragEntry struct {
+	key     fragKey
+	used    bool
 	verdict fragVerdict
 	expires int64
+	total   uint32 // the datagram's payload length once its last fragment came
+	spans   [fragSpans]fragSpan
+	nspans  int
+	torn    bool     // more disjoint pieces than spans: only expiry ends it
 	held    [][]byte // later fragments that arrived before the first
+}
+
+// cover adds a piece to what has arrived of the datagram.
+func (e *fragEntry) cover(p fragPiece) {
+	if p.last {
+		e.total = p.end
+	}
+	if p.end <= p.off || e.torn {
+		return
+	}
+	// Keep the spans sorted and disjoint: find where the piece goes,
+	// swallow every span it touches, insert the union.
+	s := fragSpan{p.off, p.end}
+	i := 0
+	for i < e.nspans && e.spans[i].end < s.off {
+		i++
+	}
+	j := i
+	for j < e.nspans && e.spans[j].off <= s.end {
+		s.off = min(s.off, e.spans[j].off)
+		s.end = max(s.end, e.spans[j].end)
+		j++
+	}
+	if j == i && e.nspans == fragSpans {
+		e.torn = true
+		return
+	}
+	// Replace spans[i:j] with s.
+	n := copy(e.spans[i+1:], e.spans[j:e.nspans])
+	e.spans[i] = s
+	e.nspans = i + 1 + n
+}
+
+// complete tells whether every byte of the datagram has arrived.
+func (e *fragEntry) complete() bool {
+	return !e.torn && e.total > 0 && e.nspans == 1 && e.spans[0].off == 0 && e.spans[0].end >= e.total
 }
 
 // fragTable remembers the verdict on each fragmented datagram whose owner
 // only its first fragment can tell (it alone carries the ports). The
 // kernel target never had this problem: conntrack reassembled before it
 // hashed. Fragments that arrive before their first fragment are held (copied)
-// until it comes or the entry expires. Only the reader goroutine touches it.
+// until it comes. A datagram is forgotten as soon as all of it has passed,
+// so the table holds only datagrams in flight; one that never completes is
+// evicted after fragTimeout, or sooner, oldest first, when the table is
+// full. Only the reader goroutine touches it, apart from the counter.
 type fragTable struct {
-	entries   map[fragKey]*fragEntry
+	slots     []fragEntry // reused in the order they were taken
+	index     map[fragKey]int32
+	next      int // the slot to take next, the oldest taken
+	used      int
 	heldBytes int
 	nextSweep int64
+
+	// evicted counts held fragments dropped to make room or on expiry.
+	evicted atomic.Uint64
 }
 
-func newFragTable() *fragTable { return &fragTable{entries: make(map[fragKey]*fragEntry)} }
+func newFragTable() *fragTable {
+	return &fragTable{slots: make([]fragEntry, fragMaxDatagrams), index: make(map[fragKey]int32)}
+}
+
+// entry returns the datagram's entry, or nil.
+func (t *fragTable) entry(k fragKey) *fragEntry {
+	i, ok := t.index[k]
+	if !ok {
+		return nil
+	}
+	return &t.slots[i]
+}
+
+// take returns a fresh entry for k, evicting the oldest datagram if the
+// slot that is next in turn is still in use.
+func (t *fragTable) take(k fragKey, now int64) *fragEntry {
+	e := &t.slots[t.next]
+	if e.used {
+		t.free(e)
+	}
+	t.index[k] = int32(t.next)
+	t.next = (t.next + 1) % len(t.slots)
+	t.used++
+	*e = fragEntry{key: k, used: true, expires: now + int64(fragTimeout), held: e.held[:0]}
+	return e
+}
+
+// free forgets an entry; fragments it still holds are dropped.
+func (t *fragTable) free(e *fragEntry) {
+	for i, f := range e.held {
+		t.heldBytes -= len(f)
+		e.held[i] = nil
+	}
+	t.evicted.Add(uint64(len(e.held)))
+	e.held = e.held[:0]
+	delete(t.index, e.key)
+	e.used = false
+	t.used--
+}
 
 // first records the verdict on a datagram from its first fragment and
-// returns the fragments held for it, to be delivered or dropped by the caller.
-func (t *fragTable) first(k fragKey, v fragVerdict, now int64) [][]byte {
+// returns the fragments held for it, to be delivered or dropped by the
+// caller.
+func (t *fragTable) first(k fragKey, v fragVerdict, p fragPiece, now int64) [][]byte {
 	t.sweep(now)
-	e := t.entries[k]
+	e := t.entry(k)
 	if e == nil {
-		if len(t.entries) >= fragMaxDatagrams {
-			return nil
-		}
-		e = &fragEntry{}
-		t.entries[k] = e
+		e = t.take(k, now)
 	}
 	e.verdict = v
 	e.expires = now + int64(fragTimeout)
-	held := e.held
-	e.held = nil
-	for _, f := range held {
-		t.heldBytes -= len(f)
+	e.cover(p)
+	var held [][]byte
+	if len(e.held) > 0 {
+		held = make([][]byte, len(e.held))
+		copy(held, e.held)
+		for i, f := range e.held {
+			t.heldBytes -= len(f)
+			e.held[i] = nil
+		}
+		e.held = e.held[:0]
+	}
+	if e.complete() {
+		t.free(e)
 	}
 	return held
 }
 
-// lookup returns the verdict on a later fragment's datagram.
-func (t *fragTable) lookup(k fragKey) fragVerdict {
-	if e := t.entries[k]; e != nil {
-		return e.verdict
+// later returns the verdict on a later fragment's datagram, and forgets the
+// datagram once this fragment completes it.
+func (t *fragTable) later(k fragKey, p fragPiece) fragVerdict {
+	e := t.entry(k)
+	if e == nil || e.verdict == fragUnknown {
+		return fragUnknown
 	}
-	return fragUnknown
+	v := e.verdict
+	e.cover(p)
+	if e.complete() {
+		t.free(e)
+	}
+	return v
 }
 
 // hold keeps a copy of a fragment until its datagram's owner is known. It
-// reports false when the table is full and the fragment must be dropped.
-func (t *fragTable) hold(k fragKey, frame []byte, now int64) bool {
+// reports false when the fragment must be dropped: its datagram holds too
+// many already.
+func (t *fragTable) hold(k fragKey, frame []byte, p fragPiece, now int64) bool {
 	t.sweep(now)
-	e := t.entries[k]
+	if len(frame) > fragMaxHeldBytes {
+		return false
+	}
+	e := t.entry(k)
 	if e == nil {
-		if len(t.entries) >= fragMaxDatagrams {
+		e = t.take(k, now)
+	}
+	if len(e.held) >= fragMaxHeldPerDatagram {
+		return false
+	}
+	// Make room by dropping the oldest datagrams' held fragments, never
+	// this one's.
+	for i, n := t.next, 0; t.heldBytes+len(frame) > fragMaxHeldBytes; i, n = (i+1)%len(t.slots), n+1 {
+		if n == len(t.slots) {
 			return false
 		}
-		e = &fragEntry{expires: now + int64(fragTimeout)}
-		t.entries[k] = e
-	}
-	if len(e.held) >= fragMaxHeldPerDatagram || t.heldBytes+len(frame) > fragMaxHeldBytes {
-		return false
+		if o := &t.slots[i]; o.used && o != e && len(o.held) > 0 {
+			t.free(o)
+		}
 	}
 	e.held = append(e.held, append([]byte(nil), frame...))
 	t.heldBytes += len(frame)
+	e.cover(p)
 	return true
 }
 
@@ -103,14 +239,11 @@ func (t *fragTable) sweep(now int64) {
 		return
 	}
 	t.nextSweep = now + int64(time.Second)
-	for k, e := range t.entries {
-		if now >= e.expires {
-			for _, f := range e.held {
-				t.heldBytes -= len(f)
-			}
-			delete(t.entries, k)
+	for i := range t.slots {
+		if e := &t.slots[i]; e.used && now >= e.expires {
+			t.free(e)
 		}
 	}
 }
 
-func (t *fragTable) len() int { return len(t.entries) }
+func (t *fragTable) len() int { return t.used }

@@ -102,24 +102,25 @@ func (w *worker) handleIPv4(b []byte, now int64) {
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
+	piece := pieceOf(&p)
 	if p.fragOff == 0 {
 		ok := d.accept(&p, now)
 		v := fragDrop
 		if ok {
 			v = fragAccept
 		}
-		held := w.frags.first(k, v, now)
+		held := w.frags.first(k, v, piece, now)
 		w.deliver(b, ok)
 		for _, h := range held {
 			w.deliver(h, ok)
 		}
 		return
 	}
-	if v := w.frags.lookup(k); v != fragUnknown {
+	if v := w.frags.later(k, piece); v != fragUnknown {
 		w.deliver(b, v == fragAccept)
 		return
 	}
-	if w.frags.hold(k, b, now) {
+	if w.frags.hold(k, b, piece, now) {
 		w.stats.heldFrags.Add(1)
 	} else {
 		w.stats.droppedFrag.Add(1)
