@@ -125,6 +125,44 @@ func (c *cluster) startChecks() {
 	}()
 }
 
+// reconcile runs one failover step and carries it out: the datapath's new
+// policy, then the releases (returned, to be sent once the new state is
+// published: sent earlier, they would let the receiver answer a number this
+// node still answers), then the takeovers. Callers hold c.mu.
+func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
+	out := c.fo.step(stepInput{VIP: c.spec.VIP, Total: c.spec.TotalNodes, Me: me, Members: members, Now: now, Flows: c.dp.Flows()})
+	c.dp.SetPolicy(out.Policy)
+	var releases []release
+	for _, h := range out.Release {
+		// A connectionless flow silent through the whole handoff was
+		// never seen by the receiver, which will take it for new: it
+		// must then be the receiver's alone.
+		c.dp.ForgetQuiet(h.Node, h.Since)
+		if h.To == "" {
+			continue
+		}
+		flows, complete := c.dp.KeptFlows(h.Node, h.Since)
+		msg, err := releaseMsg{VIP: c.spec.VIP, Node: h.Node, From: me, Complete: complete, Flows: flows}.encode()
+		if err != nil {
+			c.log.Error("release message", "node", h.Node, "err", err)
+			continue
+		}
+		if !complete {
+			c.log.Warn("release lists only part of the flows kept; new connections of the handoff wait for their retransmission", "node", h.Node, "flows", len(flows))
+		}
+		releases = append(releases, release{to: h.To, msg: msg})
+	}
+	for _, t := range out.Take {
+		if n := c.dp.TakeOver(t.Node, t.Theirs); n > 0 {
+			c.log.Info("answered connections that began during the handoff", "node", t.Node, "packets", n)
+		}
+	}
+	for _, e := range out.Events {
+		c.log.Info(e)
+	}
+	return out.State, releases
+}
+
 // status describes the cluster; members is the membership view, if any.
 func (c *cluster) status(members []membership.Member) ClusterStatus {
 	c.mu.Lock()

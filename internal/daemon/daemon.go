@@ -414,18 +414,19 @@ func (d *Daemon) failoverLoop(ctx context.Context) {
 }
 
 func (d *Daemon) released(msg []byte) {
-	vip, node, from, ok := parseReleaseMessage(msg)
-	if !ok {
+	r, err := parseReleaseMessage(msg)
+	if err != nil {
+		d.log.Warn("gossip message ignored", "err", err, "bytes", len(msg))
 		return
 	}
 	d.mu.Lock()
-	c := d.clusters[vip]
+	c := d.clusters[r.VIP]
 	d.mu.Unlock()
 	if c == nil {
 		return
 	}
 	c.mu.Lock()
-	c.fo.released[releaseKey{from: from, node: node}] = time.Now()
+	c.fo.received(r, time.Now())
 	c.mu.Unlock()
 }
 
@@ -473,12 +474,20 @@ func (d *Daemon) reconcileAll(ready bool) {
 		}
 		c.mu.Unlock()
 	}
+	// The datapaths stopped serving what they release: the messages may
+	// go before the gossip, which they should beat (the receiver waits a
+	// little for them when it does not). Reliably, since the receiver
+	// answers the connections it held only with the list a message
+	// carries; and off the loop, as a peer that just died could take the
+	// stream timeout to refuse.
+	for _, r := range releases {
+		go func() {
+			if err := d.ms.SendReliable(r.to, r.msg); err != nil {
+				d.log.Warn("release message", "to", r.to, "err", err)
+			}
+		}()
+	}
 	if err := d.ms.Publish(states); err != nil {
 		d.log.Warn("publish state", "err", err)
-	}
-	for _, r := range releases {
-		if err := d.ms.Send(r.to, r.msg); err != nil {
-			d.log.Debug("release message", "to", r.to, "err", err)
-		}
 	}
 }

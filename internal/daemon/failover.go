@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 	"sort"
 	"time"
@@ -21,21 +24,30 @@ const handoffObserve = time.Second
 // releaser's gossiped state is expected to say the same.
 const releaseHold = 2 * time.Second
 
-// failover is one cluster's part in automatic assignment. The daemon's
-// failover loop owns it; control-file writes, drain and health checks change
-// the inputs (home, excluded, draining, unhealthy) under cluster.mu.
+// releaseWait is how long a node that held new connections of a number
+// waits for the release message once gossip says the number was let go:
+// the two travel separately, and only the message says which held
+// connections are this node's to answer. They stay held meanwhile.
+const releaseWait = 300 * time.Millisecond
+
+// failover is one cluster's part in automatic assignment: a state machine
+// that step moves, with no I/O of its own. The daemon's failover loop owns
+// it; control-file writes, drain and health checks change the inputs (home,
+// excluded, draining, unhealthy, linkDown) under cluster.mu.
 type failover struct {
 	home      nodeset.NodeSet // --local-node, edited by +N/-N
 	excluded  nodeset.NodeSet // numbers an operator took away with -N
 	draining  bool
 	drainEnd  time.Time // zero: keep kept flows until they end
-	unhealthy bool
+	unhealthy bool      // the health check fails, or the interface is gone
 
 	serving    nodeset.NodeSet
 	leaving    map[int]time.Time // numbers being handed off, since when
 	releasedAt map[int]time.Time // numbers this node released, until a flow sweep has counted them
 	observing  nodeset.NodeSet
-	released   map[releaseKey]time.Time // others' direct "released" messages
+	holding    nodeset.NodeSet                // numbers whose new connections were held in the last step
+	awaiting   map[int]time.Time              // let go by gossip, release message not here yet, since when
+	released   map[releaseKey]receivedRelease // others' direct "released" messages
 }
 
 type releaseKey struct {
@@ -43,8 +55,17 @@ type releaseKey struct {
 	node int
 }
 
+// receivedRelease is another node's release of a number, as its message
+// said: when it came, and the flows the sender keeps (nil if its list was
+// incomplete).
+type receivedRelease struct {
+	at     time.Time
+	theirs []datapath.FlowID
+}
+
 func newFailover(home nodeset.NodeSet) *failover {
-	return &failover{home: home, leaving: map[int]time.Time{}, releasedAt: map[int]time.Time{}, released: map[releaseKey]time.Time{}}
+	return &failover{home: home, leaving: map[int]time.Time{}, releasedAt: map[int]time.Time{}, awaiting: map[int]time.Time{},
+		released: map[releaseKey]receivedRelease{}}
 }
 
 // localState is what this node says about the cluster before reconciling:
@@ -60,47 +81,89 @@ func (f *failover) localState(vip netip.Addr) membership.ClusterState {
 	}
 }
 
-// reconcile moves the cluster one step towards the assignment the members
-// agree on and returns the state to publish. Numbers go only with the
-// consent of the node serving them, if it is alive: it keeps serving for
-// handoffObserve while the receiver observes, then releases them and keeps
-// its existing flows; the receiver takes a number once no live node serves
-// it. A dead node's numbers are taken at once.
-//
-// It returns the release messages to send once the new state is in effect
-// and published: sent earlier, they would let the receiver answer a number
-// this node's datapath still answers.
-func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
-	f := c.fo
-	vip := c.spec.VIP
-	assigned := membership.Assign(vip, c.spec.TotalNodes, members)
-	want := membership.Numbers(assigned, me)
+// stepInput is everything one reconcile step knows: the membership view
+// (with this node's own entry as it stands before the step), the time, and
+// the datapath's last flow count.
+type stepInput struct {
+	VIP     netip.Addr
+	Total   int
+	Me      string
+	Members []membership.Member
+	Now     time.Time
+	Flows   datapath.FlowStats
+}
 
-	var othersServing, othersHold nodeset.NodeSet
-	for _, m := range members {
-		st, ok := m.Cluster(vip)
-		if m.Name == me || !ok || !m.Live() {
+// stepOutput is what the cluster must do to carry a step out, in this
+// order: put Policy in place, then send a release for each number in
+// Release (with the flows it keeps, and forgetting its quiet connectionless
+// ones), then settle each number in Take; publish State.
+type stepOutput struct {
+	State   membership.ClusterState
+	Policy  datapath.Policy
+	Release []handoff
+	Take    []takeover
+	Events  []string // what changed, for the log
+}
+
+// handoff is a number this node gave up in this step.
+type handoff struct {
+	Node  int
+	To    string    // its new owner, "" if none
+	Since time.Time // when the handoff began
+}
+
+// takeover is a number this node took in this step.
+type takeover struct {
+	Node int
+	// Theirs are the flows the node that gave it up keeps, from its
+	// release; nil when no complete release came (a dead node, a lost
+	// message), and then nothing held is answered.
+	Theirs []datapath.FlowID
+}
+
+// step moves the cluster one step towards the assignment the members agree
+// on. Numbers go only with the consent of the node serving them, if it is
+// alive: it keeps serving for handoffObserve while the receiver observes,
+// then releases them and keeps its existing flows; the receiver takes a
+// number once no live node serves it. A dead node's numbers are taken at
+// once. While a number is in its handoff, the receiver holds the packets
+// that open new connections of it, and when it takes the number it answers
+// those the releasing node's message does not claim: a SYN that came while
+// the release was on its way is answered at once instead of after the
+// client's retransmission, and never by both nodes.
+func (f *failover) step(in stepInput) stepOutput {
+	var out stepOutput
+	assigned := membership.Assign(in.VIP, in.Total, in.Members)
+	want := membership.Numbers(assigned, in.Me)
+
+	var othersServing, othersHold, othersLeaving, othersKeep nodeset.NodeSet
+	releasedBy := map[int]receivedRelease{}
+	for _, m := range in.Members {
+		st, ok := m.Cluster(in.VIP)
+		if m.Name == in.Me || !ok || !m.Live() {
 			continue
 		}
 		// A direct release is news the gossip has not carried yet: the
 		// sender stopped serving the number, and may still keep flows of it.
 		serving, hold := st.Serving, st.Serving|st.Kept
-		for k, at := range f.released {
-			if k.from == m.Name && now.Sub(at) < releaseHold {
+		for k, r := range f.released {
+			if k.from == m.Name && in.Now.Sub(r.at) < releaseHold {
 				serving = serving.Remove(k.node)
 				hold = hold.Add(k.node)
+				releasedBy[k.node] = r
 			}
 		}
 		othersServing |= serving
 		othersHold |= hold
+		othersLeaving |= st.Leaving & serving
+		othersKeep |= st.Kept
 	}
-	for k, at := range f.released {
-		if now.Sub(at) >= releaseHold {
+	for k, r := range f.released {
+		if in.Now.Sub(r.at) >= releaseHold {
 			delete(f.released, k)
 		}
 	}
 
-	var releases []release
 	for _, k := range f.serving.Nodes() {
 		if want.Contains(k) {
 			delete(f.leaving, k)
@@ -108,53 +171,95 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 		}
 		since, ok := f.leaving[k]
 		if !ok {
-			f.leaving[k] = now
-			c.log.Info("handing off", "node", k, "to", assigned[k])
+			f.leaving[k] = in.Now
+			out.Events = append(out.Events, fmt.Sprintf("handing off %d to %s", k, assigned[k]))
 			continue
 		}
-		if now.Sub(since) >= handoffObserve {
+		if in.Now.Sub(since) >= handoffObserve {
 			f.serving = f.serving.Remove(k)
 			delete(f.leaving, k)
-			f.releasedAt[k] = now
-			// A connectionless flow silent through the whole handoff was
-			// never seen by the receiver, which will take it for new: it
-			// must then be the receiver's alone.
-			c.dp.ForgetQuiet(k, since)
-			if assigned[k] != "" {
-				releases = append(releases, release{to: assigned[k], msg: releaseMessage(vip, k, me)})
-			}
-			c.log.Info("released", "node", k, "to", assigned[k])
+			f.releasedAt[k] = in.Now
+			out.Release = append(out.Release, handoff{Node: k, To: assigned[k], Since: since})
+			out.Events = append(out.Events, fmt.Sprintf("released %d to %s", k, assigned[k]))
 		}
 	}
 	f.observing = 0
+	var awaiting nodeset.NodeSet
 	for _, k := range want.Nodes() {
+		_, released := releasedBy[k]
 		switch {
 		case f.serving.Contains(k):
 		case othersServing.Contains(k):
 			f.observing = f.observing.Add(k)
+		case f.holding.Contains(k) && !released && othersKeep.Contains(k) && f.awaitRelease(k, in.Now):
+			// Gossip says the live node that had it let it go; its
+			// release, which says whose the held connections are, is on
+			// its way.
+			f.observing = f.observing.Add(k)
+			awaiting = awaiting.Add(k)
 		default:
+			delete(f.awaiting, k)
 			f.serving = f.serving.Add(k)
-			c.log.Info("serving", "node", k)
+			t := takeover{Node: k}
+			if r, ok := releasedBy[k]; ok {
+				t.Theirs = r.theirs
+			}
+			out.Take = append(out.Take, t)
+			out.Events = append(out.Events, fmt.Sprintf("serving %d", k))
 		}
 	}
 
 	// A number just released counts as kept until a flow sweep that surely
 	// ran with the new policy has counted its flows: saying "not serving"
 	// before "keeping" would let the new owner reset them.
-	flows := c.dp.Flows()
-	st := f.localState(vip)
-	st.Kept = flows.KeptNumbers
+	out.State = f.localState(in.VIP)
+	out.State.Kept = in.Flows.KeptNumbers
 	for k, at := range f.releasedAt {
-		if flows.SweptAt.After(at.Add(datapath.FlowSweepInterval)) {
+		if in.Flows.SweptAt.After(at.Add(datapath.FlowSweepInterval)) {
 			delete(f.releasedAt, k)
 		} else {
-			st.Kept = st.Kept.Add(k)
+			out.State.Kept = out.State.Kept.Add(k)
 		}
 	}
-	dropKept := f.draining && !f.drainEnd.IsZero() && now.After(f.drainEnd)
-	c.dp.SetPolicy(datapath.Policy{Serve: f.serving, Guarded: othersHold, Observe: f.observing, Keep: st.Kept &^ f.serving,
-		Leaving: st.Leaving, Track: true, DropKept: dropKept})
-	return st, releases
+	for k := range f.awaiting {
+		if !awaiting.Contains(k) {
+			delete(f.awaiting, k)
+		}
+	}
+	f.holding = f.observing & (othersLeaving | awaiting)
+	out.Policy = datapath.Policy{
+		Serve:    f.serving,
+		Guarded:  othersHold,
+		Observe:  f.observing,
+		Hold:     f.holding,
+		Keep:     out.State.Kept &^ f.serving,
+		Leaving:  out.State.Leaving,
+		Track:    true,
+		DropKept: f.draining && !f.drainEnd.IsZero() && in.Now.After(f.drainEnd),
+	}
+	return out
+}
+
+// awaitRelease tells whether the node still waits for the release of k,
+// starting the wait if it has not begun.
+func (f *failover) awaitRelease(k int, now time.Time) bool {
+	since, ok := f.awaiting[k]
+	if !ok {
+		f.awaiting[k], since = now, now
+	}
+	return now.Sub(since) < releaseWait
+}
+
+// received records another node's release message.
+func (f *failover) received(r releaseMsg, now time.Time) {
+	rr := receivedRelease{at: now}
+	if r.Complete {
+		rr.theirs = r.Flows
+		if rr.theirs == nil {
+			rr.theirs = []datapath.FlowID{}
+		}
+	}
+	f.released[releaseKey{from: r.From, node: r.Node}] = rr
 }
 
 // release is a release message waiting to be sent.
@@ -163,19 +268,83 @@ type release struct {
 	msg []byte
 }
 
-// A release message tells the receiving node at once that the sender no
-// longer serves a number, so that new connections wait for one gossip round
-// less: "R", the VIP, the number, the sender's name.
-func releaseMessage(vip netip.Addr, node int, from string) []byte {
-	v := vip.As4()
-	return append([]byte{'R', v[0], v[1], v[2], v[3], byte(node)}, from...)
+// releaseMsg tells the receiving node at once that the sender no longer
+// serves a number, so that new connections wait for one gossip round less,
+// and which flows of it the sender keeps, so that the receiver knows which
+// of the connections that began during the handoff nobody answered.
+type releaseMsg struct {
+	VIP      netip.Addr
+	Node     int
+	From     string
+	Complete bool // Flows lists every flow the sender keeps that the receiver may have seen begin
+	Flows    []datapath.FlowID
 }
 
-func parseReleaseMessage(b []byte) (vip netip.Addr, node int, from string, ok bool) {
-	if len(b) < 7 || b[0] != 'R' || int(b[5]) < 1 || int(b[5]) > nodeset.Max {
-		return vip, 0, "", false
+// The wire format: 'R', version 2, the VIP (4 bytes), the number, a flags
+// byte (1: complete), the sender's name (a length byte, then the name), the
+// number of flows (4 bytes, big endian), then 9 bytes per flow: client
+// address, client port and server port as hashed, protocol.
+const (
+	releaseVersion   = 2
+	releaseHeaderLen = 1 + 1 + 4 + 1 + 1 + 1
+	releaseFlowLen   = 4 + 2 + 2 + 1
+	releaseComplete  = 1
+)
+
+func (r releaseMsg) encode() ([]byte, error) {
+	if !r.VIP.Is4() || r.Node < 1 || r.Node > nodeset.Max || r.From == "" || len(r.From) > 255 {
+		return nil, fmt.Errorf("release of %s/%d from %q: not encodable", r.VIP, r.Node, r.From)
 	}
-	return netip.AddrFrom4([4]byte(b[1:5])), int(b[5]), string(b[6:]), true
+	v := r.VIP.As4()
+	b := make([]byte, 0, releaseHeaderLen+len(r.From)+4+len(r.Flows)*releaseFlowLen)
+	b = append(b, 'R', releaseVersion, v[0], v[1], v[2], v[3], byte(r.Node))
+	var flags byte
+	if r.Complete {
+		flags |= releaseComplete
+	}
+	b = append(b, flags, byte(len(r.From)))
+	b = append(b, r.From...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Flows)))
+	for _, f := range r.Flows {
+		b = binary.BigEndian.AppendUint32(b, f.Src)
+		b = binary.BigEndian.AppendUint16(b, f.SPort)
+		b = binary.BigEndian.AppendUint16(b, f.DPort)
+		b = append(b, f.Proto)
+	}
+	return b, nil
+}
+
+var errBadRelease = errors.New("not a release message")
+
+// parseReleaseMessage reads a release from the wire. Messages come from
+// authenticated members, but a bug or a newer version must not crash the
+// daemon: anything that is not exactly a release is an error.
+func parseReleaseMessage(b []byte) (releaseMsg, error) {
+	if len(b) < releaseHeaderLen || b[0] != 'R' || b[1] != releaseVersion {
+		return releaseMsg{}, errBadRelease
+	}
+	r := releaseMsg{VIP: netip.AddrFrom4([4]byte(b[2:6])), Node: int(b[6])}
+	flags, nameLen := b[7], int(b[8])
+	if r.Node < 1 || r.Node > nodeset.Max || flags&^releaseComplete != 0 || nameLen == 0 {
+		return releaseMsg{}, errBadRelease
+	}
+	r.Complete = flags&releaseComplete != 0
+	b = b[releaseHeaderLen:]
+	if len(b) < nameLen+4 {
+		return releaseMsg{}, errBadRelease
+	}
+	r.From = string(b[:nameLen])
+	n := binary.BigEndian.Uint32(b[nameLen:])
+	b = b[nameLen+4:]
+	if uint64(len(b)) != uint64(n)*releaseFlowLen {
+		return releaseMsg{}, errBadRelease
+	}
+	r.Flows = make([]datapath.FlowID, n)
+	for i := range r.Flows {
+		p := b[i*releaseFlowLen:]
+		r.Flows[i] = datapath.FlowID{Src: binary.BigEndian.Uint32(p), SPort: binary.BigEndian.Uint16(p[4:]), DPort: binary.BigEndian.Uint16(p[6:]), Proto: p[8]}
+	}
+	return r, nil
 }
 
 // MemberStatus is one member as `clusterctl status` shows it.

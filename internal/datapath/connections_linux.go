@@ -54,15 +54,10 @@ func (d *Datapath) adoptConnections(numbers nodeset.NodeSet, now int64) {
 		if !numbers.Contains(node) {
 			continue
 		}
-		sh := d.flows.shard(k)
-		sh.mu.Lock()
-		if e, ok := sh.m[k]; !ok || e.foreign {
-			closing := s.State == tcpCloseWait || s.State == tcpLastAck || s.State == tcpClosing
-			if sh.add(k, flow{created: now, lastSeen: now, node: uint8(node), closing: closing, opened: s.State != tcpSynRecv}) {
-				adopted++
-			}
+		closing := s.State == tcpCloseWait || s.State == tcpLastAck || s.State == tcpClosing
+		if d.flows.adopt(k, uint8(node), closing, s.State != tcpSynRecv, now) {
+			adopted++
 		}
-		sh.mu.Unlock()
 	}
 	d.log.Debug("adopted connections from the socket table", "numbers", numbers.String(), "adopted", adopted)
 }

@@ -34,6 +34,7 @@ type Stats struct {
 	Owned       uint64 // IPv4 packets handed to the local stack through the TAP
 	KernelTaken uint64 // frames the kernel path handed to the local stack
 	NotOwned    uint64 // IPv4 packets that reached user space and were not answered here
+	Held        uint64 // packets held while their number moved here (see Datapath.TakeOver)
 	Malformed   uint64 // frames that failed validation
 	ARPReplies  uint64
 	HeldFrags   uint64 // fragments held until their first fragment came
@@ -48,6 +49,10 @@ type Policy struct {
 	// The rest matters only with Track, for automatic failover.
 	Guarded  nodeset.NodeSet // numbers another live node serves or holds connections for
 	Observe  nodeset.NodeSet // numbers moving here: their connections are the other node's
+	// Hold is the part of Observe whose handoff has begun on the other
+	// node: packets opening new connections are held, not dropped, until
+	// TakeOver says whether that node answered them.
+	Hold nodeset.NodeSet
 	Keep     nodeset.NodeSet // numbers no longer served whose connections this node keeps
 	Leaving  nodeset.NodeSet // numbers still served while being handed to another node
 	Track    bool            // keep a flow table, so connections survive moves
@@ -86,6 +91,8 @@ type FlowStats struct {
 	Kept        int             `json:"kept"`    // connections of numbers served elsewhere now
 	Foreign     int             `json:"foreign"` // other nodes' connections, not answered here
 	Untracked   uint64          `json:"untracked"`
+	Evicted     uint64          `json:"evicted"` // flows seen only in packets that gave way to others in a full table
+	Held        int             `json:"held"`    // packets held for numbers moving here
 	KeptNumbers nodeset.NodeSet `json:"kept_numbers"`
 	SweptAt     time.Time       `json:"swept_at"`
 }
@@ -224,7 +231,8 @@ func (d *Datapath) SetPolicy(p Policy) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
 	now := time.Now().UnixNano()
-	for _, n := range (p.Serve &^ d.policy.Load().Serve).Nodes() {
+	prev := d.policy.Load()
+	for _, n := range (p.Serve &^ prev.Serve).Nodes() {
 		d.servingSince[n].Store(now)
 	}
 	var inKernel, toKernel nodeset.NodeSet
@@ -232,10 +240,14 @@ func (d *Datapath) SetPolicy(p Policy) {
 		inKernel, toKernel = d.kernel.set, p.settled()
 	}
 	// Connections the kernel path served are unknown to the flow table;
-	// it must know them before user space judges their packets.
+	// it must know them before user space judges their packets. And the
+	// connections of a number being handed off are read from the socket
+	// table too, so that they are known for certain (a flood of spoofed
+	// flows cannot push them out) while the handoff lasts.
 	leaving, entering := inKernel&^toKernel, toKernel&^inKernel
-	if p.Track && leaving != 0 {
-		d.adoptConnections(leaving, now)
+	adopt := leaving | (p.Leaving &^ prev.Leaving)
+	if p.Track && adopt != 0 {
+		d.adoptConnections(adopt, now)
 	}
 	old, want := d.filtered, p.pass()
 	if want&^old != 0 {
@@ -248,15 +260,17 @@ func (d *Datapath) SetPolicy(p Policy) {
 	if old|want != want {
 		d.setFilters(want)
 	}
-	if p.Track && leaving != 0 {
+	if p.Track && adopt != 0 {
 		// Connections opened between the first reading and the swap.
-		d.adoptConnections(leaving, time.Now().UnixNano())
+		d.adoptConnections(adopt, time.Now().UnixNano())
 	}
 	if entering != 0 {
 		// User space sees no more of their TCP packets: flows it tracked
 		// would only go stale. adoptConnections reads them back if needed.
 		d.flows.forget(entering, protoTCP)
 	}
+	// A handoff to this node that ended without it taking the number.
+	d.flows.dropHeld(prev.Hold &^ p.Hold &^ p.Serve)
 }
 
 func (d *Datapath) setFilters(pass nodeset.NodeSet) {
@@ -308,6 +322,51 @@ func (d *Datapath) ForgetQuiet(node int, since time.Time) {
 	d.flows.forgetQuiet(uint8(node), since.UnixNano())
 }
 
+// maxReleaseFlows bounds the flows one release lists: past it the list is
+// marked incomplete and the receiver answers nothing it held.
+const maxReleaseFlows = 1 << 14
+
+// KeptFlows lists the flows of number node this node keeps after giving it
+// up, as a release tells the receiving node (see flowTable.kept); cutoff is
+// a little before the handoff began. Call it after the policy that stops
+// serving node is in place: the list then holds every flow this node ever
+// answered for it since cutoff. complete is false when the list cannot be
+// trusted whole.
+func (d *Datapath) KeptFlows(node int, cutoff time.Time) (ids []FlowID, complete bool) {
+	return d.flows.kept(uint8(node), cutoff.UnixNano(), maxReleaseFlows)
+}
+
+// TakeOver ends the handoff of number node to this node, which must serve
+// it already: the packets it held for connections that the node giving the
+// number up did not answer (those not in theirs, its kept flows) are
+// answered now, and become this node's connections. With theirs nil (no
+// complete release), the held packets are dropped: the clients retransmit.
+// It returns how many packets it answered.
+func (d *Datapath) TakeOver(node int, theirs []FlowID) int {
+	var set map[FlowID]bool
+	if theirs != nil {
+		set = make(map[FlowID]bool, len(theirs))
+		for _, id := range theirs {
+			set[id] = true
+		}
+	}
+	answer := d.flows.settle(uint8(node), set, time.Now().UnixNano())
+	for _, b := range answer {
+		d.deliverLate(b)
+	}
+	return len(answer)
+}
+
+// deliverLate hands a held packet to the local stack through the first
+// TAP queue (the workers write to theirs concurrently; a TAP takes whole
+// packets per write).
+func (d *Datapath) deliverLate(b []byte) {
+	if len(d.workers) == 0 {
+		return
+	}
+	d.workers[0].deliver(b, true)
+}
+
 // Config returns the configuration the datapath was opened with.
 func (d *Datapath) Config() Config { return d.cfg }
 
@@ -320,6 +379,7 @@ func (d *Datapath) Stats() Stats {
 	for _, w := range d.readers() {
 		s.Owned += w.stats.owned.Load()
 		s.NotOwned += w.stats.notOwned.Load()
+		s.Held += w.stats.held.Load()
 		s.Malformed += w.stats.malformed.Load()
 		s.ARPReplies += w.stats.arpReplies.Load()
 		s.HeldFrags += w.stats.heldFrags.Load()
@@ -349,8 +409,8 @@ func (d *Datapath) sweep() {
 		case now := <-t.C:
 			pol := d.policy.Load()
 			c := d.flows.sweep(now.UnixNano(), pol.Serve, pol.DropKept)
-			d.flowSt.Store(&FlowStats{Tracked: c.tracked, Kept: c.kept, Foreign: c.foreign,
-				Untracked: c.untracked, KeptNumbers: c.keptNumbers, SweptAt: now})
+			d.flowSt.Store(&FlowStats{Tracked: c.tracked, Kept: c.kept, Foreign: c.foreign, Held: c.held,
+				Untracked: c.untracked, Evicted: c.evicted, KeptNumbers: c.keptNumbers, SweptAt: now})
 		}
 	}
 }

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterip/clusterip/nodeset"
@@ -20,11 +21,31 @@ const (
 	DefaultMaxFlows = 1 << 18
 )
 
+// Limits on the packets held for numbers moving here (see judge): a
+// handoff lasts about a second, so a few per flow and a thousand in all
+// cover every real client, and bound what a flood can make the node keep.
+const (
+	maxHeldPackets = 1024
+	maxHeldBytes   = 4 << 20
+	maxHeldPerFlow = 4
+	// heldTimeout drops packets held for a handoff that never completed
+	// (the number went elsewhere, the release never came).
+	heldTimeout = 5 * time.Second
+)
+
 // flowKey is a connection as the client sends it. Ports are raw, as hashed.
 type flowKey struct {
 	src          uint32
 	sport, dport uint16
 	proto        uint8
+}
+
+// FlowID names a connection in a handoff message: the client's address,
+// the ports as the client sends them (raw, as hashed) and the protocol.
+type FlowID struct {
+	Src          uint32
+	SPort, DPort uint16
+	Proto        uint8
 }
 
 type flow struct {
@@ -34,7 +55,26 @@ type flow struct {
 	foreign  bool  // seen while another node served its number: that node's
 	closing  bool
 	opened   bool // a packet other than a SYN was seen: somebody answered the SYN
+	// adopted flows were read from the local socket table: the stack
+	// really holds them. Packets alone can be spoofed; these cannot, so
+	// they are never evicted to make room.
+	adopted bool
+	held    bool // its new-flow packets are held until the handoff settles
 }
+
+// verdict is what the datapath does with one packet.
+type verdict uint8
+
+const (
+	verdictDrop   verdict = iota
+	verdictAnswer         // deliver to the local stack
+	// verdictHold keeps the packet: it opens a connection of a number
+	// moving here, and only the handoff's end tells whether the node
+	// giving the number up answered it (then it is dropped) or not (then
+	// this node answers it, late by a few milliseconds rather than by the
+	// client's one-second SYN retransmission).
+	verdictHold
+)
 
 // flowTable remembers the connections this node serves, so that it keeps
 // serving them when their number moves to another node (drain, rejoin), and
@@ -44,11 +84,18 @@ type flow struct {
 // workers, which must agree on it), split into shards with a lock each, so
 // that workers rarely meet and a sweep holds up one shard at a time.
 //
-// When the table is full, new connections are still served but not
-// tracked: a later move of their number cuts them. FlowStats.Untracked
-// counts them.
+// When a shard is full, a new flow takes the place of one seen only in
+// packets (which anyone can spoof), never of one the socket table vouches
+// for; when nothing can go, the new connection is still served but not
+// tracked: a later move of its number cuts it. FlowStats.Untracked counts
+// those.
 type flowTable struct {
 	shards [flowShards]flowShard
+	// lastUntracked is when a flow last found no room: a handoff message
+	// listing this node's flows is incomplete if it happened since.
+	lastUntracked atomic.Int64
+	heldPackets   atomic.Int64
+	heldBytes     atomic.Int64
 }
 
 const flowShards = 64
@@ -56,14 +103,16 @@ const flowShards = 64
 type flowShard struct {
 	mu        sync.Mutex
 	m         map[flowKey]flow
+	held      map[flowKey][][]byte // packets held for flows with flow.held
 	max       int
 	untracked uint64
+	evicted   uint64
 }
 
 func newFlowTable(max int) *flowTable {
 	t := &flowTable{}
 	for i := range t.shards {
-		t.shards[i] = flowShard{m: make(map[flowKey]flow), max: max/flowShards + 1}
+		t.shards[i] = flowShard{m: make(map[flowKey]flow), held: make(map[flowKey][][]byte), max: max/flowShards + 1}
 	}
 	return t
 }
@@ -88,46 +137,283 @@ func idleTimeout(f flow, proto uint8) int64 {
 	return int64(flowIdleOther)
 }
 
-// add records a flow; it reports false when the shard is full.
-func (t *flowShard) add(k flowKey, f flow) bool {
-	if _, ok := t.m[k]; !ok && len(t.m) >= t.max {
-		t.untracked++
+// judge is the ownership decision for a packet of a tracked cluster (see
+// Datapath.accept for the rules), made and recorded under the flow's shard
+// lock. The policy is loaded under that lock too: whoever reads the table
+// after swapping the policy sees every flow the old policy let in.
+// servingSince[n] is when number n last began to be served here. frame is
+// copied if the packet is held.
+func (t *flowTable) judge(f packetFlow, policy *atomic.Pointer[Policy], servingSince *[nodeset.Max + 1]atomic.Int64, frame []byte, now int64) verdict {
+	s := t.shard(f.key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pol := policy.Load()
+	observe, hold := pol.Observe.Contains(f.node), pol.Hold.Contains(f.node)
+	if e, ok := s.m[f.key]; ok {
+		e.lastSeen = now
+		e.closing = e.closing || f.closes
+		e.opened = e.opened || (f.key.proto == protoTCP && !f.syn)
+		switch {
+		case f.syn && e.opened:
+			// A SYN on a connection that got past its handshake: the
+			// client reuses the port for a new connection.
+		case !e.foreign:
+			s.m[f.key] = e
+			return verdictAnswer
+		case f.syn && !observe && e.created >= servingSince[f.node].Load()-int64(switchGap):
+			// A SYN again, and nothing else ever, first seen just before
+			// this node took the number: it came between the release and
+			// the takeover, and nobody answered it. (One seen earlier was
+			// the other node's; its SYN-ACK may just have been lost.)
+		case hold && e.held && f.key.proto != protoTCP:
+			// More of a connectionless flow that is new to the handoff.
+			s.m[f.key] = e
+			return t.holdLocked(s, f.key, frame)
+		case pol.Guarded.Contains(f.node) || observe:
+			s.m[f.key] = e
+			return verdictDrop
+		}
+		t.deleteLocked(s, f.key) // judge it afresh
+	}
+	opened := f.key.proto == protoTCP && !f.syn
+	switch {
+	case observe:
+		// A number about to move here: its connections are the other
+		// node's, except, once the other node is handing it over, new
+		// ones it may not have answered, which are held until the
+		// handoff says whose they are.
+		held := f.opens && hold
+		t.addLocked(s, f.key, flow{created: now, lastSeen: now, node: uint8(f.node), foreign: true, opened: opened, held: held})
+		if held {
+			return t.holdLocked(s, f.key, frame)
+		}
+		return verdictDrop
+	case !pol.Serve.Contains(f.node):
+		return verdictDrop
+	case pol.Guarded.Contains(f.node) && !f.opens:
+		return verdictDrop
+	}
+	t.addLocked(s, f.key, flow{created: now, lastSeen: now, node: uint8(f.node), closing: f.closes, opened: opened})
+	return verdictAnswer
+}
+
+// holdLocked keeps a copy of frame for the flow, within the limits; past
+// them the packet is dropped as it was before holding existed, and the
+// client's retransmission gets the answer.
+func (t *flowTable) holdLocked(s *flowShard, k flowKey, frame []byte) verdict {
+	if frame == nil || len(s.held[k]) >= maxHeldPerFlow || t.heldPackets.Load() >= maxHeldPackets || t.heldBytes.Load()+int64(len(frame)) > maxHeldBytes {
+		return verdictDrop
+	}
+	s.held[k] = append(s.held[k], append([]byte(nil), frame...))
+	t.heldPackets.Add(1)
+	t.heldBytes.Add(int64(len(frame)))
+	return verdictHold
+}
+
+// releaseHeldLocked forgets the packets held for k and returns them.
+func (t *flowTable) releaseHeldLocked(s *flowShard, k flowKey) [][]byte {
+	frames := s.held[k]
+	if frames == nil {
+		return nil
+	}
+	delete(s.held, k)
+	t.heldPackets.Add(-int64(len(frames)))
+	for _, f := range frames {
+		t.heldBytes.Add(-int64(len(f)))
+	}
+	return frames
+}
+
+func (t *flowTable) deleteLocked(s *flowShard, k flowKey) {
+	delete(s.m, k)
+	t.releaseHeldLocked(s, k)
+}
+
+// addLocked records a flow, making room if the shard is full by evicting a
+// flow seen only in packets: preferably one of this node's own (a spoofed
+// flood lands there), else another node's. A flow the socket table vouches
+// for is never evicted. It reports false when nothing could go.
+func (t *flowTable) addLocked(s *flowShard, k flowKey, f flow) bool {
+	if _, ok := s.m[k]; !ok && len(s.m) >= s.max && !t.evictLocked(s) {
+		s.untracked++
+		t.lastUntracked.Store(time.Now().UnixNano())
 		return false
 	}
-	t.m[k] = f
+	s.m[k] = f
 	return true
+}
+
+// evictScan is how many entries eviction looks at for one of this node's
+// own before it settles for any evictable one. Map iteration starts at a
+// random place, so the choice is random.
+const evictScan = 64
+
+func (t *flowTable) evictLocked(s *flowShard) bool {
+	var other flowKey
+	found, n := false, 0
+	for k, e := range s.m {
+		if e.adopted || e.held {
+			continue
+		}
+		if !e.foreign {
+			t.deleteLocked(s, k)
+			s.evicted++
+			return true
+		}
+		if !found {
+			other, found = k, true
+		}
+		if n++; n >= evictScan {
+			break
+		}
+	}
+	if found {
+		t.deleteLocked(s, other)
+		s.evicted++
+	}
+	return found
+}
+
+// adopt records a connection the local socket table holds, as this node's
+// own: it replaces whatever the table knew of it, and takes the place of a
+// spoofable flow if the shard is full.
+func (t *flowTable) adopt(k flowKey, node uint8, closing, opened bool, now int64) bool {
+	s := t.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.m[k]; ok && !e.foreign {
+		e.adopted, e.opened, e.closing = true, e.opened || opened, e.closing || closing
+		s.m[k] = e
+		return true
+	}
+	return t.addLocked(s, k, flow{created: now, lastSeen: now, node: node, closing: closing, opened: opened, adopted: true})
+}
+
+// kept returns the flows of number node that this node keeps after giving
+// the number up and that the receiving node may have seen start during the
+// handoff: every connectionless one active since cutoff, and every TCP
+// connection that started since cutoff or never got past its SYN. (The
+// receiver saw a mid-connection packet of every older TCP connection, and
+// leaves those alone anyway.) complete is false when the list cannot be
+// trusted whole: a flow found no room in the table since cutoff, or there
+// are more than max.
+func (t *flowTable) kept(node uint8, cutoff int64, max int) (ids []FlowID, complete bool) {
+	last := t.lastUntracked.Load()
+	complete = last == 0 || last < cutoff
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, e := range s.m {
+			if e.foreign || e.node != node {
+				continue
+			}
+			if k.proto == protoTCP && e.opened && (e.adopted || e.created < cutoff) || k.proto != protoTCP && e.lastSeen < cutoff {
+				continue
+			}
+			if len(ids) == max {
+				complete = false
+				continue
+			}
+			ids = append(ids, FlowID{Src: k.src, SPort: k.sport, DPort: k.dport, Proto: k.proto})
+		}
+		s.mu.Unlock()
+	}
+	return ids, complete
+}
+
+// settle ends the handoff of number node to this node, which serves it
+// now. theirs is what the node that gave it up keeps, as its release said;
+// without a complete list (nil), nothing held is answered: a held packet
+// the other node may have answered must not be answered twice. With one,
+// every other-node flow seen during the handoff that is neither listed nor
+// a TCP connection past its handshake was answered by nobody: the held ones
+// become this node's and their packets are returned to be answered now,
+// and the rest are forgotten, to be judged afresh.
+func (t *flowTable) settle(node uint8, theirs map[FlowID]bool, now int64) (answer [][]byte) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, e := range s.m {
+			if !e.foreign || e.node != node {
+				continue
+			}
+			id := FlowID{Src: k.src, SPort: k.sport, DPort: k.dport, Proto: k.proto}
+			switch {
+			case theirs == nil || theirs[id] || k.proto == protoTCP && e.opened:
+				t.releaseHeldLocked(s, k)
+				e.held = false
+				s.m[k] = e
+			case e.held && s.held[k] != nil:
+				answer = append(answer, t.releaseHeldLocked(s, k)...)
+				e.foreign, e.held, e.created = false, false, now
+				s.m[k] = e
+			default:
+				t.deleteLocked(s, k)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return answer
+}
+
+// dropHeld forgets the packets held for numbers whose handoff to this node
+// ended without it taking them.
+func (t *flowTable) dropHeld(numbers nodeset.NodeSet) {
+	if numbers == 0 || t.heldPackets.Load() == 0 {
+		return
+	}
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k := range s.held {
+			if e := s.m[k]; numbers.Contains(int(e.node)) {
+				t.releaseHeldLocked(s, k)
+				e.held = false
+				s.m[k] = e
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // flowCounts is what a sweep learns about a table.
 type flowCounts struct {
-	tracked, kept, foreign int
-	untracked              uint64
-	keptNumbers            nodeset.NodeSet // numbers with kept flows
+	tracked, kept, foreign, held int
+	untracked, evicted           uint64
+	keptNumbers                  nodeset.NodeSet // numbers with kept flows
 }
 
-// sweep forgets idle flows and, with dropKept, every kept one; it counts
-// the rest. Flows of numbers in serve are this node's own; the others are
-// kept from before a move. It locks one shard at a time.
+// sweep forgets idle flows and, with dropKept, every kept one, and packets
+// held longer than heldTimeout; it counts the rest. Flows of numbers in
+// serve are this node's own; the others are kept from before a move. It
+// locks one shard at a time.
 func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowCounts {
 	var c flowCounts
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		s.sweep(now, serve, dropKept, &c)
+		t.sweepLocked(s, now, serve, dropKept, &c)
 		c.untracked += s.untracked
+		c.evicted += s.evicted
 		s.mu.Unlock()
 	}
 	return c
 }
 
-func (t *flowShard) sweep(now int64, serve nodeset.NodeSet, dropKept bool, c *flowCounts) {
-	for k, f := range t.m {
+func (t *flowTable) sweepLocked(s *flowShard, now int64, serve nodeset.NodeSet, dropKept bool, c *flowCounts) {
+	for k, f := range s.m {
 		kept := !f.foreign && !serve.Contains(int(f.node))
 		if now-f.lastSeen > idleTimeout(f, k.proto) || (kept && dropKept) {
-			delete(t.m, k)
+			t.deleteLocked(s, k)
 			continue
 		}
+		if f.held && now-f.created > int64(heldTimeout) {
+			t.releaseHeldLocked(s, k)
+			f.held = false
+			s.m[k] = f
+		}
 		c.tracked++
+		c.held += len(s.held[k])
 		switch {
 		case f.foreign:
 			c.foreign++
@@ -146,7 +432,7 @@ func (t *flowTable) forgetQuiet(node uint8, since int64) {
 		s.mu.Lock()
 		for k, f := range s.m {
 			if k.proto != protoTCP && !f.foreign && f.node == node && f.lastSeen < since {
-				delete(s.m, k)
+				t.deleteLocked(s, k)
 			}
 		}
 		s.mu.Unlock()
@@ -160,7 +446,7 @@ func (t *flowTable) forget(numbers nodeset.NodeSet, proto uint8) {
 		s.mu.Lock()
 		for k, f := range s.m {
 			if k.proto == proto && numbers.Contains(int(f.node)) {
-				delete(s.m, k)
+				t.deleteLocked(s, k)
 			}
 		}
 		s.mu.Unlock()

@@ -115,7 +115,9 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 //     there while that node is alive and holds the number's flows, unless
 //     it never got past its SYN: a retransmitted SYN means nobody answered;
 //  3. while a number is about to move here, its connections are noted as
-//     the other node's, and not answered;
+//     the other node's and not answered; a packet that opens a connection
+//     (a SYN, a connectionless flow's first packet) is held instead, until
+//     the other node's release says whether it answered it;
 //  4. otherwise a packet is answered if its number is served here, except
 //     one that cannot open a connection while another live node may hold it:
 //     nobody resets a connection it does not own.
@@ -124,46 +126,14 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 // by the new owner's stack at their next packet.
 //
 // now is the time the packet's batch was read: one clock read per batch.
-func (d *Datapath) accept(p *ipv4Packet, now int64) bool {
+// frame is the packet as read (virtio-net header first), kept if held.
+func (d *Datapath) accept(p *ipv4Packet, frame []byte, now int64) verdict {
 	f := d.owner.flow(p)
-	pol := d.policy.Load()
-	if !pol.Track {
-		return pol.Serve.Contains(f.node)
-	}
-	t := d.flows.shard(f.key)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if e, ok := t.m[f.key]; ok {
-		e.lastSeen = now
-		e.closing = e.closing || f.closes
-		e.opened = e.opened || (f.key.proto == protoTCP && !f.syn)
-		switch {
-		case f.syn && e.opened:
-			// A SYN on a connection that got past its handshake: the
-			// client reuses the port for a new connection.
-		case !e.foreign:
-			t.m[f.key] = e
-			return true
-		case f.syn && !pol.Observe.Contains(f.node) && e.created >= d.servingSince[f.node].Load()-int64(switchGap):
-			// A SYN again, and nothing else ever, first seen just before
-			// this node took the number: it came between the release and
-			// the takeover, and nobody answered it. (One seen earlier was
-			// the other node's; its SYN-ACK may just have been lost.)
-		case pol.Guarded.Contains(f.node) || pol.Observe.Contains(f.node):
-			t.m[f.key] = e
-			return false
+	if pol := d.policy.Load(); !pol.Track {
+		if pol.Serve.Contains(f.node) {
+			return verdictAnswer
 		}
-		delete(t.m, f.key) // judge it afresh
+		return verdictDrop
 	}
-	switch {
-	case pol.Observe.Contains(f.node):
-		t.add(f.key, flow{created: now, lastSeen: now, node: uint8(f.node), foreign: true, opened: f.key.proto == protoTCP && !f.syn})
-		return false
-	case !pol.Serve.Contains(f.node):
-		return false
-	case pol.Guarded.Contains(f.node) && !f.opens:
-		return false
-	}
-	t.add(f.key, flow{created: now, lastSeen: now, node: uint8(f.node), closing: f.closes, opened: f.key.proto == protoTCP && !f.syn})
-	return true
+	return d.flows.judge(f, &d.policy, &d.servingSince, frame, now)
 }

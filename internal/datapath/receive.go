@@ -29,7 +29,7 @@ type worker struct {
 }
 
 type counters struct {
-	owned, notOwned, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
+	owned, notOwned, held, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
 }
 
 // newWorker makes a worker for frames of up to maxFrame bytes that writes to
@@ -98,13 +98,22 @@ func (w *worker) handleIPv4(b []byte, now int64) {
 		return
 	}
 	if !d.viaFragmentTable(&p) {
-		w.deliver(b, d.accept(&p, now))
+		switch d.accept(&p, b, now) {
+		case verdictAnswer:
+			w.deliver(b, true)
+		case verdictHold:
+			w.stats.held.Add(1)
+		default:
+			w.stats.notOwned.Add(1)
+		}
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
 	piece := pieceOf(&p)
 	if p.fragOff == 0 {
-		ok := d.accept(&p, now)
+		// A fragmented datagram is never held: its later fragments would
+		// have to be held with it.
+		ok := d.accept(&p, nil, now) == verdictAnswer
 		v := fragDrop
 		if ok {
 			v = fragAccept

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/mdlayher/ethernet"
@@ -396,12 +398,12 @@ func BenchmarkAccept(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/track=%v", m, track), func(b *testing.B) {
 				d := acceptBench(m, track)
 				for i := range pkts {
-					d.accept(&pkts[i], 1) // warm the flow table
+					d.accept(&pkts[i], nil, 1) // warm the flow table
 				}
 				b.ReportAllocs()
 				i := 0
 				for b.Loop() {
-					d.accept(&pkts[i&1023], 1)
+					d.accept(&pkts[i&1023], nil, 1)
 					i++
 				}
 			})
@@ -414,11 +416,87 @@ func TestAcceptDoesNotAllocate(t *testing.T) {
 	for _, track := range []bool{false, true} {
 		d := acceptBench(hash.SourceIPSourcePort, track)
 		for i := range pkts {
-			d.accept(&pkts[i], 1)
+			d.accept(&pkts[i], nil, 1)
 		}
 		i := 0
-		if allocs := testing.AllocsPerRun(2000, func() { d.accept(&pkts[i&1023], 1); i++ }); allocs != 0 {
+		if allocs := testing.AllocsPerRun(2000, func() { d.accept(&pkts[i&1023], nil, 1); i++ }); allocs != 0 {
 			t.Errorf("track=%v: accept allocates %v times per packet", track, allocs)
 		}
 	}
+}
+
+// fuzzWorker is a worker of a tracked datapath whose TAP is /dev/null.
+func fuzzWorker(t testing.TB, m hash.Mode, pol Policy) *worker {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { null.Close() })
+	d := &Datapath{
+		owner: Owner{Hash: hash.Config{Mode: m, TotalNodes: 3, Seed: 7}},
+		flows: newFlowTable(flowShards * 8),
+		tap:   &tapDevice{mac: testNICMAC},
+		vip:   testVIP.As4(),
+	}
+	d.vipAddr = binary.BigEndian.Uint32(d.vip[:])
+	d.policy.Store(&pol)
+	w := &worker{d: d, tap: int(null.Fd()), frags: newFragTable()}
+	d.workers = []*worker{w}
+	return w
+}
+
+// FuzzWorkerFrames runs sequences of frames through a worker's whole
+// per-frame path, with flow tracking, holding and the fragment table: it
+// must never panic, and every table must stay within its bounds.
+func FuzzWorkerFrames(f *testing.F) {
+	vip := testVIP.String()
+	const client = "198.51.100.7"
+	eth := func(ip []byte) []byte {
+		return append(make([]byte, vnetHdrLen), mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ip)...)
+	}
+	var seq []byte
+	for _, fr := range [][]byte{
+		synFrame(),
+		eth(mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP, id: 9, flagsOff: ipFlagMF}, mkUDP(5353, 53))),
+		eth(mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP, id: 9, flagsOff: 1}, []byte("later"))),
+		eth(mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP, id: 10, flagsOff: 2}, []byte("orphan"))),
+		eth(mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP}, mkUDP(5000, 53))),
+	} {
+		seq = append(seq, byte(len(fr)>>8), byte(len(fr)))
+		seq = append(seq, fr...)
+	}
+	f.Add(seq, uint8(0), uint8(1))
+	f.Add(seq, uint8(2), uint8(3))
+	f.Fuzz(func(t *testing.T, data []byte, mode, policy uint8) {
+		pols := []Policy{
+			{Serve: 0b001, Track: true},
+			{Serve: 0b011, Guarded: 0b010, Track: true},
+			{Observe: 0b101, Hold: 0b100, Guarded: 0b101, Track: true},
+			{Serve: 0b010, Keep: 0b001, Leaving: 0b010, Track: true},
+		}
+		w := fuzzWorker(t, hash.Mode(mode%3+1), pols[int(policy)%len(pols)])
+		now := int64(1)
+		for len(data) >= 2 {
+			n := int(data[0])<<8 | int(data[1])
+			data = data[2:]
+			n = min(n, len(data))
+			frame := append([]byte(nil), data[:n]...)
+			data = data[n:]
+			w.handle(frame, now)
+			now += int64(time.Millisecond)
+		}
+		if held := w.d.flows.heldPackets.Load(); held < 0 || held > maxHeldPackets {
+			t.Fatalf("%d packets held", held)
+		}
+		ft := w.frags
+		if ft.used > fragMaxDatagrams || ft.heldBytes > fragMaxHeldBytes || ft.heldBytes < 0 || len(ft.index) != ft.used {
+			t.Fatalf("fragment table: %d used, %d indexed, %d bytes held", ft.used, len(ft.index), ft.heldBytes)
+		}
+		// Ending a handoff answers or drops whatever was held for it.
+		w.d.TakeOver(1, []FlowID{})
+		w.d.TakeOver(3, nil)
+		if held := w.d.flows.heldPackets.Load(); held != 0 {
+			t.Fatalf("%d packets still held after every handoff ended", held)
+		}
+	})
 }

@@ -91,11 +91,12 @@ type Membership struct {
 	warned    map[string]time.Time // conflicts between others, last logged
 	fatal     chan error
 
-	changes chan struct{}
-	msgs    chan []byte
-	done    chan struct{}
-	joined  atomic.Bool
-	left    sync.Once
+	changes   chan struct{}
+	msgs      chan []byte
+	publishCh chan struct{}
+	done      chan struct{}
+	joined    atomic.Bool
+	left      sync.Once
 }
 
 // Start joins the membership. It returns once this node is up, even if no
@@ -122,6 +123,7 @@ func Start(cfg Config) (*Membership, error) {
 		warned:     map[string]time.Time{},
 		fatal:      make(chan error, 1),
 		changes:    make(chan struct{}, 1),
+		publishCh:  make(chan struct{}, 1),
 		msgs:       make(chan []byte, 64),
 		done:       make(chan struct{}),
 	}
@@ -165,6 +167,7 @@ func Start(cfg Config) (*Membership, error) {
 	}
 	m.ml = ml
 	go m.join(cfg.Peers, cfg.Port)
+	go m.publisher()
 	return m, nil
 }
 
@@ -231,7 +234,7 @@ func (m *Membership) notify() {
 	}
 }
 
-// Publish sets this node's cluster states and gossips them.
+// Publish sets this node's cluster states; they are gossiped in the background.
 func (m *Membership) Publish(states []ClusterState) error {
 	meta, err := Meta{Started: m.started, Published: true, Clusters: states}.Encode()
 	if err != nil {
@@ -241,28 +244,64 @@ func (m *Membership) Publish(states []ClusterState) error {
 	same := bytes.Equal(meta, m.meta)
 	m.meta = meta
 	m.mu.Unlock()
-	if same {
-		return nil
-	}
-	if err := m.ml.UpdateNode(time.Second); err != nil {
-		return fmt.Errorf("membership: publish: %w", err)
+	if !same {
+		select {
+		case m.publishCh <- struct{}{}:
+		default: // the publisher will read the newest metadata anyway
+		}
 	}
 	return nil
 }
 
-// Send sends a direct message to a member, best effort.
-func (m *Membership) Send(name string, msg []byte) error {
+// Publishing: memberlist sends a metadata update as an alive message with a
+// new incarnation, and UpdateNode waits until it has been gossiped. An
+// update that races with memberlist refuting a suspicion of this node (the
+// refutation takes a newer incarnation, with the old metadata) is dropped
+// without a word: it is never gossiped, and peers keep the old state until
+// the next update. So updates are sent from a goroutine of their own, which
+// sends again, with a newer incarnation, when one is not gossiped in time;
+// the failover loop never waits on the network.
+const (
+	publishWait     = 250 * time.Millisecond
+	publishAttempts = 4
+)
+
+func (m *Membership) publisher() {
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.publishCh:
+		}
+		var err error
+		for range publishAttempts {
+			if err = m.ml.UpdateNode(publishWait); err == nil {
+				break
+			}
+			m.log.Debug("state update not gossiped in time; sending it again", "err", err)
+		}
+		if err != nil {
+			m.log.Warn("state update not gossiped", "attempts", publishAttempts, "err", err)
+		}
+	}
+}
+
+// SendReliable sends a direct message to a member over a TCP stream: it
+// arrives whole or the call fails.
+func (m *Membership) SendReliable(name string, msg []byte) error {
 	m.mu.Lock()
 	n, ok := m.nodes[name]
 	m.mu.Unlock()
 	if !ok || !n.Live() {
 		return fmt.Errorf("membership: no live member %q", name)
 	}
-	addr, err := net.ResolveUDPAddr("udp", n.Addr)
+	// From this node's own copy of the member: memberlist's *Node values
+	// change under its lock while others read them.
+	addr, err := net.ResolveTCPAddr("tcp", n.Addr)
 	if err != nil {
 		return fmt.Errorf("membership: member %q: %w", name, err)
 	}
-	return m.ml.SendToAddress(memberlist.Address{Addr: addr.String(), Name: name}, msg)
+	return m.ml.SendReliable(&memberlist.Node{Name: name, Addr: addr.IP, Port: uint16(addr.Port)}, msg)
 }
 
 // Members returns every member known, this node included, live ones and
