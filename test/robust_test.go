@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -386,4 +387,195 @@ func TestFragmentedUDPAtRateAndUnderFlood(t *testing.T) {
 		st := status(t, c, h)[0].Stats
 		t.Logf("%s: held %d, dropped %d fragments", h.Name, st.HeldFrags, st.DroppedFrag)
 	}
+}
+
+// Planned handoffs (drain, resume) lose no connection and delay none: a SYN
+// that arrives while a number is released is held by its new owner and
+// answered as soon as the release says the old owner did not, instead of
+// after the client's one-second retransmission; and no SYN is answered by
+// two nodes.
+func TestPlannedHandoffsDelayNoConnection(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	load := c.Command(c.Client, clusterctl, "lab-load", "--addr", lab.VIP.String(), "--http-port", "80", "--echo-port", "7",
+		"--new-every", "4ms", "--long", "8", "--duration", "9s")
+	var out strings.Builder
+	load.Stdout, load.Stderr = &out, &out
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []string{"drain", "resume", "drain", "resume"} {
+		time.Sleep(2 * time.Second)
+		c.ctl(n1, step, lab.VIP.String())
+	}
+	if err := load.Wait(); err != nil {
+		t.Fatalf("load: %v: %s", err, out.String())
+	}
+	var rep lab.LoadReport
+	if err := json.Unmarshal([]byte(out.String()), &rep); err != nil {
+		t.Fatalf("load report: %v", err)
+	}
+	failed, delayed := 0, 0
+	for _, n := range rep.New {
+		switch {
+		case n.Err != "":
+			failed++
+			t.Logf("failed: port %d at +%s: %s", n.Port, n.Start.Sub(rep.Start).Round(time.Millisecond), n.Err)
+		case n.Latency > 500*time.Millisecond:
+			delayed++
+			t.Logf("delayed: port %d at +%s by %s (node %s)", n.Port, n.Start.Sub(rep.Start).Round(time.Millisecond), n.Latency.Round(time.Millisecond), n.Node)
+		}
+	}
+	broke := 0
+	for _, l := range rep.Long {
+		if l.Broken != "" {
+			broke++
+		}
+	}
+	held := uint64(0)
+	for _, h := range c.Nodes {
+		held += status(t, c, h)[0].Stats.Held
+	}
+	t.Logf("%d new connections: %d failed, %d delayed; %d of %d long-lived broke; %d SYNs answered twice; %d packets held",
+		len(rep.New), failed, delayed, broke, len(rep.Long), len(rep.Twice), held)
+	if failed+delayed+broke+len(rep.Twice) > 0 {
+		t.Errorf("four planned handoffs: %d failed, %d delayed, %d long-lived broke, %d answered twice; want none",
+			failed, delayed, broke, len(rep.Twice))
+	}
+}
+
+// A flood of spoofed UDP flows fills a node's flow table; a TCP
+// connection the node serves (in the kernel path, unknown to user space
+// until the drain reads it from the socket table) still survives the drain.
+func TestSpoofedFloodDoesNotBreakDrain(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	kept := c.openLong(1, 2, 51000)
+	var conn *packet.Conn
+	var src net.HardwareAddr
+	if err := inNetns(c.Client.NS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		src = ifi.HardwareAddr
+		conn, err = packet.Listen(ifi, packet.Raw, 0x88b5, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mac := daemon.DefaultClusterMAC(lab.VIP)
+	f := make([]byte, 14+20+8+16)
+	copy(f[0:6], mac)
+	copy(f[6:12], src)
+	binary.BigEndian.PutUint16(f[12:14], 0x0800)
+	ip := f[14:]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:4], uint16(len(ip)))
+	copy(ip[16:20], lab.VIP.AsSlice())
+	binary.BigEndian.PutUint16(ip[22:24], 9) // to the discard port
+	binary.BigEndian.PutUint16(ip[24:26], 8+16)
+	var seed uint32 = 7
+	deadline := time.Now().Add(20 * time.Second)
+	for sent := 0; ; sent++ {
+		seed = seed*1664525 + 1013904223
+		binary.BigEndian.PutUint32(ip[12:16], 0x0a000000|seed>>8)
+		binary.BigEndian.PutUint16(ip[20:22], uint16(seed))
+		conn.WriteTo(f, &packet.Addr{HardwareAddr: mac})
+		if sent%20000 == 0 {
+			st := status(t, c, n1)[0].Flows
+			if st.Evicted > 0 {
+				t.Logf("flow table full after %d spoofed datagrams: %d tracked, %d evicted", sent, st.Tracked, st.Evicted)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("flood of %d datagrams did not fill the flow table: %+v", sent, st)
+			}
+		}
+	}
+	c.ctl(n1, "drain", lab.VIP.String())
+	eventually(t, 5*time.Second, "n1 drained", func() (bool, string) {
+		return c.serving(n1) == "", c.servingAll()
+	})
+	checkLong(t, "after a drain under a spoofed flood", kept)
+}
+
+// The interface deleted and created again (a veth or bond rebuilt, a
+// driver reload): while it is gone status says so and nothing pretends to
+// serve; when it is back the daemon attaches again, with its sysctls, its
+// multicast membership and its kernel path, and serves as before.
+func TestInterfaceRecreated(t *testing.T) {
+	c := newCluster(t, 1, "sourceip", false)
+	n1 := c.Nodes[0]
+	if err := c.Unplug(n1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "status shows the interface gone", func() (bool, string) {
+		st := status(t, c, n1)[0]
+		return len(st.Problems) == 1 && strings.Contains(st.Problems[0], "interface eth0 gone") && st.Serving == 0, fmt.Sprintf("%+v", st.Problems)
+	})
+	if out := c.ctl(n1, "status"); !strings.Contains(out, "PROBLEM") {
+		t.Errorf("status table does not show the problem:\n%s", out)
+	}
+	if err := c.Replug(n1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "status clean again", func() (bool, string) {
+		st := status(t, c, n1)[0]
+		return len(st.Problems) == 0 && st.Serving != 0 && st.KernelPath, fmt.Sprintf("%+v %v", st.Problems, st.KernelPath)
+	})
+	if err := c.WaitServing(context.Background()); err != nil {
+		t.Fatalf("not serving on the new interface: %v\n%s", err, c.Log("daemon-n1"))
+	}
+	s := readHost(t, c.Lab, n1)
+	if s.sysctls[watchedSysctls[0]] != "1" || s.sysctls[watchedSysctls[2]] != "2" {
+		t.Errorf("new eth0's settings: %v", s.sysctls)
+	}
+	if !strings.Contains(s.maddrs, "01:00:5e:00:02:64") || s.ingress != 1 {
+		t.Errorf("new eth0: multicast %q, %d kernel-path programs", s.maddrs, s.ingress)
+	}
+	for _, want := range []string{"interface gone", "interface back"} {
+		if !strings.Contains(c.Log("daemon-n1"), want) {
+			t.Errorf("log does not say %q", want)
+		}
+	}
+	// Stopped, the daemon leaves the new interface as it found it.
+	if err := c.daemons["n1"].Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if s := readHost(t, c.Lab, n1); s.sysctls[watchedSysctls[0]] != "0" || s.ingress != 0 {
+		t.Errorf("after stop, new eth0: %v, %d programs", s.sysctls, s.ingress)
+	}
+}
+
+// Under automatic failover, a node whose interface is gone gives its
+// numbers up, and the others take them; back, it takes them home.
+func TestInterfaceGoneFailsOver(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	if err := c.Unplug(n1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "n1's number served by the others", func() (bool, string) {
+		s := c.serving(c.Nodes[1]) + "," + c.serving(c.Nodes[2])
+		return c.serving(n1) == "" && strings.Contains(s, "1"), c.servingAll()
+	})
+	c.probeOK("with n1's interface gone", 30)
+	// The gossip went out through the same interface, so the others
+	// see n1 dead; with gossip on another interface they would see it
+	// unhealthy (TestFailoverStep).
+	for _, m := range status(t, c, c.Nodes[1])[0].Members {
+		if m.Name == "n1" && m.State != "dead" && m.State != "unhealthy" {
+			t.Errorf("n2 sees n1 %s, want dead or unhealthy", m.State)
+		}
+	}
+	if st := status(t, c, n1)[0]; len(st.Problems) == 0 {
+		t.Errorf("n1's status shows no problem with its interface gone")
+	}
+	if err := c.Replug(n1); err != nil {
+		t.Fatal(err)
+	}
+	c.waitHome()
+	c.probeOK("after n1's interface came back", 30)
 }

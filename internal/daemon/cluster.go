@@ -21,10 +21,32 @@ type cluster struct {
 	log  *slog.Logger
 	kick func() // asks the failover loop to reconcile now
 
-	mu         sync.Mutex // serializes control-file writes and failover state
-	fo         *failover  // nil without membership: the control file is the whole truth
-	stopChecks func()
-	lastCheck  string // why the health check last changed its mind
+	mu          sync.Mutex // serializes control-file writes and failover state
+	fo          *failover  // nil without membership: the control file is the whole truth
+	stopChecks  func()
+	lastCheck   string // why the health check last changed its mind
+	linkProblem string // why the interface cannot carry the cluster now; "" when it can
+}
+
+// setLinkProblem records why the cluster's interface cannot carry it (""
+// when it can). Under automatic failover the node then gives its numbers
+// up at once.
+func (c *cluster) setLinkProblem(problem string) {
+	c.mu.Lock()
+	changed := c.linkProblem != problem
+	c.linkProblem = problem
+	if c.fo != nil {
+		c.fo.linkDown = problem != ""
+	}
+	c.mu.Unlock()
+	if changed {
+		if problem != "" {
+			c.log.Error("cannot serve", "problem", problem)
+		} else {
+			c.log.Info("interface carries the cluster again")
+		}
+		c.kick()
+	}
 }
 
 // Contents is the control file's text: the node numbers held, as the
@@ -170,6 +192,10 @@ func (c *cluster) status(members []membership.Member) ClusterStatus {
 	s := c.spec
 	s.LocalNodes = c.dp.Nodes()
 	st := ClusterStatus{Serving: c.dp.Nodes(), Tap: c.dp.TapName(), Stats: c.dp.Stats(), Flows: c.dp.Flows(), Health: c.lastCheck}
+	if c.linkProblem != "" {
+		st.Serving = 0 // held, but nothing reaches it
+		st.Problems = append(st.Problems, c.linkProblem)
+	}
 	st.Kernel, st.KernelPath = c.dp.KernelPath()
 	if c.fo != nil {
 		s.LocalNodes = c.fo.home

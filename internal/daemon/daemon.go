@@ -66,6 +66,7 @@ type Daemon struct {
 	mu         sync.Mutex
 	clusters   map[netip.Addr]*cluster
 	ifaceUsers map[string]int
+	links      map[string]linkState // interfaces in use, as last seen
 }
 
 // Run starts the daemon and blocks until ctx is done, then removes every
@@ -110,7 +111,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[string]int{},
-		kickCh: make(chan struct{}, 1)}
+		links: map[string]linkState{}, kickCh: make(chan struct{}, 1)}
 	defer d.shutdown(ln)
 	if d.journal, err = openHostJournal(opts.Socket + ".journal"); err != nil {
 		d.log.Warn("restoring settings left by a previous run", "err", err)
@@ -136,7 +137,9 @@ func Run(ctx context.Context, opts Options) error {
 	} else {
 		close(loopDone)
 	}
-	defer func() { stopLoop(); <-loopDone }()
+	linksDone := make(chan struct{})
+	go func() { d.watchLinks(loopCtx); close(linksDone) }()
+	defer func() { stopLoop(); <-loopDone; <-linksDone }()
 	go newControlServer(ln, d.do, d.log).serve()
 	d.log.Info("daemon ready", "socket", opts.Socket, "control", opts.ControlDir, "clusters", len(specs))
 	sdNotify("READY=1")
@@ -265,6 +268,9 @@ func (d *Daemon) newCluster(s Spec) error {
 			restoreInterfaceSettings(d.journal, s.Interface)
 			return fmt.Errorf("--interface %s: %w", s.Interface, err)
 		}
+		st := readLink(s.Interface)
+		st.since = time.Now()
+		d.links[s.Interface] = st
 	}
 	d.ifaceUsers[s.Interface]++
 	initial := s.LocalNodes
@@ -319,6 +325,7 @@ func (d *Daemon) releaseInterface(iface string) error {
 		return nil
 	}
 	delete(d.ifaceUsers, iface)
+	delete(d.links, iface)
 	return restoreInterfaceSettings(d.journal, iface)
 }
 

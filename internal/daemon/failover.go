@@ -39,7 +39,8 @@ type failover struct {
 	excluded  nodeset.NodeSet // numbers an operator took away with -N
 	draining  bool
 	drainEnd  time.Time // zero: keep kept flows until they end
-	unhealthy bool      // the health check fails, or the interface is gone
+	unhealthy bool      // the health check fails
+	linkDown  bool      // the interface is gone or down: nothing reaches this node
 
 	serving    nodeset.NodeSet
 	leaving    map[int]time.Time // numbers being handed off, since when
@@ -77,7 +78,7 @@ func (f *failover) localState(vip netip.Addr) membership.ClusterState {
 	}
 	return membership.ClusterState{
 		VIP: vip, Home: f.home, Serving: f.serving, Leaving: leaving,
-		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy,
+		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy || f.linkDown,
 	}
 }
 
@@ -133,6 +134,19 @@ type takeover struct {
 // client's retransmission, and never by both nodes.
 func (f *failover) step(in stepInput) stepOutput {
 	var out stepOutput
+	if f.linkDown {
+		// Nothing reaches this node: there is nothing to hand over, and
+		// the others must take its numbers at once.
+		if f.serving != 0 {
+			out.Events = append(out.Events, fmt.Sprintf("interface unusable: giving up %s at once", f.serving))
+		}
+		clear(f.leaving)
+		clear(f.awaiting)
+		f.serving, f.observing, f.holding = 0, 0, 0
+		out.State = f.localState(in.VIP)
+		out.Policy = datapath.Policy{Track: true}
+		return out
+	}
 	assigned := membership.Assign(in.VIP, in.Total, in.Members)
 	want := membership.Numbers(assigned, in.Me)
 

@@ -300,6 +300,23 @@ func TestFailoverStep(t *testing.T) {
 			s.cut = map[[2]string]bool{}
 			s.runUntil("n1=1 n2=2 n3=3", 5*time.Second)
 		}, nil},
+		{"interface gone: the node gives its numbers up at once, and takes them back by handoff", func(s *sim) {
+			s.node("n2").f.linkDown = true
+			s.tick()
+			if got := s.node("n2").out.Policy.Serve; got != 0 {
+				s.t.Fatalf("n2 without an interface still serves %s", got)
+			}
+			s.tick()
+			if got := s.serving(); got != "n1=1,2 n2= n3=3" && got != "n1=1 n2= n3=2,3" {
+				s.t.Fatalf("a tick later: %s, want 2 taken at once", got)
+			}
+			s.node("n2").f.linkDown = false
+			s.runUntil("n1=1 n2=2 n3=3", 3*time.Second)
+		}, func(t *testing.T, s *sim) {
+			if took := s.node("n2").took; len(took) != 1 || !fromRelease(took[0]) {
+				t.Fatalf("n2 took %+v back, want 2 by a release", took)
+			}
+		}},
 		{"an operator's -N moves a number away; +N brings it home", func(s *sim) {
 			s.node("n3").f.excluded = nodeset.NodeSet(0).Add(3)
 			s.node("n3").f.home = 0

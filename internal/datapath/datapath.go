@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -47,12 +46,12 @@ type Stats struct {
 type Policy struct {
 	Serve nodeset.NodeSet // numbers whose new connections are answered here
 	// The rest matters only with Track, for automatic failover.
-	Guarded  nodeset.NodeSet // numbers another live node serves or holds connections for
-	Observe  nodeset.NodeSet // numbers moving here: their connections are the other node's
+	Guarded nodeset.NodeSet // numbers another live node serves or holds connections for
+	Observe nodeset.NodeSet // numbers moving here: their connections are the other node's
 	// Hold is the part of Observe whose handoff has begun on the other
 	// node: packets opening new connections are held, not dropped, until
 	// TakeOver says whether that node answered them.
-	Hold nodeset.NodeSet
+	Hold     nodeset.NodeSet
 	Keep     nodeset.NodeSet // numbers no longer served whose connections this node keeps
 	Leaving  nodeset.NodeSet // numbers still served while being handed to another node
 	Track    bool            // keep a flow table, so connections survive moves
@@ -102,37 +101,59 @@ type FlowStats struct {
 // connection does.
 const FlowSweepInterval = 250 * time.Millisecond
 
-// Datapath is one running cluster on this node.
+// Datapath is one running cluster on this node: a TAP that holds the VIP,
+// and, while the interface exists, the capture sockets and the kernel path
+// attached to it. The interface can go and come back (a veth or bond
+// rebuilt, a driver reloaded): Detach and Attach follow it, keeping the
+// TAP, the policy and the flow table.
 type Datapath struct {
 	cfg     Config
 	vip     [4]byte
 	vipAddr uint32
-	ifi     *net.Interface
 	tap     *tapDevice
 	owner   Owner
-	workers []*worker // IPv4, each with its TAP queue
-	arp     *worker
 	log     *slog.Logger
 
 	policy   atomic.Pointer[Policy]
-	filterMu sync.Mutex      // serializes filter swaps; guards the fields below
+	filterMu sync.Mutex      // serializes filter swaps and attachment; guards the fields below
 	filtered nodeset.NodeSet // numbers the socket filters pass now
+	att      *attachment     // nil while detached
 	kernel   *kernelPath
+	retired  Stats // counters of workers of earlier attachments
 
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
 	// servingSince is when each number last began to be served here.
 	servingSince [nodeset.Max + 1]atomic.Int64
+	// late counts held packets answered by TakeOver.
+	late counters
 
-	wg        sync.WaitGroup
+	sweeping  sync.WaitGroup
 	closing   atomic.Bool
 	stop      chan struct{}
 	closeOnce sync.Once
 }
 
-// Open creates the TAP, opens one capture socket per worker, starts the
-// workers and announces the VIP. The interface's sysctls are the caller's
-// business: they are shared by every cluster on the interface.
+// attachment is what the datapath has on one incarnation of its interface.
+type attachment struct {
+	ifi     *net.Interface
+	workers []*worker // IPv4, each with its TAP queue
+	arp     *worker
+	stop    atomic.Bool
+	wg      sync.WaitGroup
+}
+
+// readers returns every worker: the IPv4 ones and the ARP one.
+func (a *attachment) readers() []*worker {
+	if a.arp == nil {
+		return a.workers
+	}
+	return append(a.workers[:len(a.workers):len(a.workers)], a.arp)
+}
+
+// Open creates the TAP and attaches to the interface (see Attach). The
+// interface's sysctls are the caller's business: they are shared by every
+// cluster on the interface.
 func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error) {
 	if !cfg.VIP.Is4() {
 		return nil, fmt.Errorf("datapath: VIP %s is not IPv4", cfg.VIP)
@@ -143,14 +164,9 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.NumCPU()
 	}
-	ifi, err := net.InterfaceByName(cfg.Interface)
-	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", cfg.Interface, err)
-	}
 	d := &Datapath{
 		cfg:   cfg,
 		vip:   cfg.VIP.As4(),
-		ifi:   ifi,
 		owner: Owner{Hash: cfg.Hash},
 		flows: newFlowTable(DefaultMaxFlows),
 		stop:  make(chan struct{}),
@@ -160,26 +176,52 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	d.policy.Store(&Policy{Serve: nodes})
 	d.filtered = nodes
 	d.flowSt.Store(&FlowStats{})
+	var err error
 	if d.tap, err = openTap(TapName(cfg.VIP), cfg.VIP, cfg.Workers); err != nil {
 		return nil, err
 	}
-	filter, err := captureFilter(cfg.VIP, cfg.ClusterMAC, cfg.Hash, nodes)
-	if err != nil {
+	if err := d.Attach(); err != nil {
 		d.tap.close()
 		return nil, err
 	}
-	fail := func(err error) (*Datapath, error) {
-		d.closeWorkers()
-		d.tap.close()
-		return nil, err
+	d.sweeping.Add(1)
+	go d.sweep()
+	return d, nil
+}
+
+// Attach opens one capture socket per worker on the interface as it is
+// now (by its current index), starts the workers, attaches the kernel path
+// and announces the VIP. It detaches first from an earlier incarnation of
+// the interface, if any.
+func (d *Datapath) Attach() error {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if d.closing.Load() {
+		return fmt.Errorf("datapath %s: closed", d.cfg.VIP)
+	}
+	d.detachLocked()
+	ifi, err := net.InterfaceByName(d.cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", d.cfg.Interface, err)
+	}
+	filter, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, d.filtered)
+	if err != nil {
+		return err
+	}
+	a := &attachment{ifi: ifi}
+	fail := func(err error) error {
+		for _, w := range a.readers() {
+			w.sock.close()
+		}
+		return err
 	}
 	var group uint16
-	for i := 0; i < cfg.Workers; i++ {
-		sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, unix.ETH_P_IP, filter)
+	for i := 0; i < d.cfg.Workers; i++ {
+		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_IP, filter)
 		if err != nil {
 			return fail(err)
 		}
-		d.workers = append(d.workers, newWorker(d, sock, d.tap.queues[i], maxFrame))
+		a.workers = append(a.workers, newWorker(d, a, sock, d.tap.queues[i], maxFrame))
 		if err = sock.joinFanout(group); err == nil && i == 0 {
 			group, err = sock.fanoutGroup()
 		}
@@ -189,28 +231,75 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	}
 	// ARP needs no TAP and no fanout: one socket, whose filter (the same
 	// program) never changes, since ARP does not depend on the numbers.
-	sock, err := openCaptureSocket(ifi, cfg.ClusterMAC, unix.ETH_P_ARP, filter)
+	sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_ARP, filter)
 	if err != nil {
 		return fail(err)
 	}
-	d.arp = newWorker(d, sock, -1, maxARPFrame)
-	for _, w := range d.readers() {
-		d.wg.Add(1)
+	a.arp = newWorker(d, a, sock, -1, maxARPFrame)
+	for _, w := range a.readers() {
+		a.wg.Add(1)
 		go w.run()
 	}
-	d.wg.Add(1)
-	go d.sweep()
-	if cfg.KernelPath {
-		if d.kernel, err = openKernelPath(ifi.Index, d.vip, cfg.ClusterMAC, cfg.Hash); err != nil {
+	d.att = a
+	if d.cfg.KernelPath {
+		if d.kernel, err = openKernelPath(ifi.Index, d.vip, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
 			d.log.Warn("serving in user space only", "err", err)
+			d.kernel = nil
 		} else {
-			d.SetPolicy(Policy{Serve: nodes})
+			p := d.policy.Load()
+			d.setKernel(p.settled(), p.kernelProtocols())
+			// User space no longer sees their TCP packets.
+			d.flows.forget(p.settled(), protoTCP)
 		}
 	}
-	if err := d.Announce(); err != nil {
+	if err := d.announceLocked(); err != nil {
 		d.log.Warn("gratuitous ARP failed", "err", err)
 	}
-	return d, nil
+	return nil
+}
+
+// Detach stops everything attached to the interface: the workers end, the
+// sockets close (and with them the multicast membership), the kernel path
+// goes. The TAP, the VIP, the policy and the flow table stay, for Attach.
+func (d *Datapath) Detach() {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	d.detachLocked()
+}
+
+func (d *Datapath) detachLocked() {
+	if d.kernel != nil {
+		d.retired.KernelTaken += d.kernel.taken()
+		if err := d.kernel.close(); err != nil {
+			d.log.Debug("kernel path close", "err", err)
+		}
+		d.kernel = nil
+	}
+	a := d.att
+	if a == nil {
+		return
+	}
+	d.att = nil
+	a.stop.Store(true)
+	// The sockets close only after the workers have left their reads: a
+	// file descriptor closed under a blocked read could be reused before
+	// the read returns.
+	a.wg.Wait()
+	for _, w := range a.readers() {
+		w.sock.close()
+		w.stats.addTo(&d.retired)
+	}
+}
+
+// Attached returns the index of the interface the datapath is attached to,
+// and whether it is attached at all.
+func (d *Datapath) Attached() (int, bool) {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if d.att == nil {
+		return 0, false
+	}
+	return d.att.ifi.Index, true
 }
 
 // Nodes returns the node numbers this node answers for.
@@ -275,8 +364,8 @@ func (d *Datapath) SetPolicy(p Policy) {
 
 func (d *Datapath) setFilters(pass nodeset.NodeSet) {
 	f, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, pass)
-	if err == nil {
-		for _, w := range d.workers {
+	if err == nil && d.att != nil {
+		for _, w := range d.att.workers {
 			if err = w.sock.setFilter(f); err != nil {
 				break
 			}
@@ -358,13 +447,10 @@ func (d *Datapath) TakeOver(node int, theirs []FlowID) int {
 }
 
 // deliverLate hands a held packet to the local stack through the first
-// TAP queue (the workers write to theirs concurrently; a TAP takes whole
-// packets per write).
+// TAP queue (a worker writes to it concurrently; a TAP takes whole packets
+// per write).
 func (d *Datapath) deliverLate(b []byte) {
-	if len(d.workers) == 0 {
-		return
-	}
-	d.workers[0].deliver(b, true)
+	d.tap.deliver(d.tap.queues[0], b, &d.late)
 }
 
 // Config returns the configuration the datapath was opened with.
@@ -373,24 +459,21 @@ func (d *Datapath) Config() Config { return d.cfg }
 // TapName returns the name of the cluster's TAP device.
 func (d *Datapath) TapName() string { return d.tap.name }
 
-// Stats returns the counters summed over the workers.
+// Stats returns the counters summed over the workers, these and those of
+// earlier attachments.
 func (d *Datapath) Stats() Stats {
-	var s Stats
-	for _, w := range d.readers() {
-		s.Owned += w.stats.owned.Load()
-		s.NotOwned += w.stats.notOwned.Load()
-		s.Held += w.stats.held.Load()
-		s.Malformed += w.stats.malformed.Load()
-		s.ARPReplies += w.stats.arpReplies.Load()
-		s.HeldFrags += w.stats.heldFrags.Load()
-		s.DroppedFrag += w.stats.droppedFrag.Load() + w.frags.evicted.Load()
-		s.TapErrors += w.stats.tapErrors.Load()
-	}
 	d.filterMu.Lock()
-	if d.kernel != nil {
-		s.KernelTaken = d.kernel.taken()
+	defer d.filterMu.Unlock()
+	s := d.retired
+	d.late.addTo(&s)
+	if d.att != nil {
+		for _, w := range d.att.readers() {
+			w.stats.addTo(&s)
+		}
 	}
-	d.filterMu.Unlock()
+	if d.kernel != nil {
+		s.KernelTaken += d.kernel.taken()
+	}
 	return s
 }
 
@@ -399,7 +482,7 @@ func (d *Datapath) Flows() FlowStats { return *d.flowSt.Load() }
 
 // sweep ages the flow table and counts it, and keeps the coarse clock.
 func (d *Datapath) sweep() {
-	defer d.wg.Done()
+	defer d.sweeping.Done()
 	t := time.NewTicker(FlowSweepInterval)
 	defer t.Stop()
 	for {
@@ -418,9 +501,18 @@ func (d *Datapath) sweep() {
 // Announce sends a gratuitous ARP so that neighbours that cached another MAC
 // for the VIP move to the cluster MAC.
 func (d *Datapath) Announce() error {
-	f, err := arpFrame(broadcastMAC, d.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	return d.announceLocked()
+}
+
+func (d *Datapath) announceLocked() error {
+	if d.att == nil {
+		return fmt.Errorf("announce %s: interface %s not attached", d.cfg.VIP, d.cfg.Interface)
+	}
+	f, err := arpFrame(broadcastMAC, d.att.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
 	if err == nil {
-		err = d.arp.sock.send(f, broadcastMAC)
+		err = d.att.arp.sock.send(f, broadcastMAC)
 	}
 	if err != nil {
 		return fmt.Errorf("announce %s: %w", d.cfg.VIP, err)
@@ -431,39 +523,16 @@ func (d *Datapath) Announce() error {
 // Closed tells whether Close has been called.
 func (d *Datapath) Closed() bool { return d.closing.Load() }
 
-// readers returns every worker: the IPv4 ones and the ARP one.
-func (d *Datapath) readers() []*worker {
-	if d.arp == nil {
-		return d.workers
-	}
-	return append(d.workers[:len(d.workers):len(d.workers)], d.arp)
-}
-
-func (d *Datapath) closeWorkers() error {
-	var err error
-	for _, w := range d.readers() {
-		err = errors.Join(err, w.sock.close())
-	}
-	return err
-}
-
-// Close stops the workers and removes the TAP (and with it the VIP). The
-// multicast membership goes with the sockets. The sockets close only after
-// the workers have left their reads: a file descriptor closed under a
-// blocked read could be reused before the read returns.
+// Close detaches from the interface and removes the TAP (and with it the
+// VIP).
 func (d *Datapath) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		d.closing.Store(true)
-		d.filterMu.Lock()
-		if d.kernel != nil {
-			err = d.kernel.close()
-			d.kernel = nil
-		}
-		d.filterMu.Unlock()
+		d.Detach()
 		close(d.stop)
-		d.wg.Wait()
-		err = errors.Join(err, d.closeWorkers(), d.tap.close())
+		d.sweeping.Wait()
+		err = d.tap.close()
 	})
 	return err
 }

@@ -21,6 +21,7 @@ const maxARPFrame = 9216
 // fragment of a datagram to the same worker). The flow table is shared.
 type worker struct {
 	d     *Datapath
+	att   *attachment
 	sock  *captureSocket
 	tap   int
 	frags *fragTable
@@ -32,20 +33,32 @@ type counters struct {
 	owned, notOwned, held, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
 }
 
-// newWorker makes a worker for frames of up to maxFrame bytes that writes to
-// the TAP queue tapFD (-1 for the ARP worker, which never does).
-func newWorker(d *Datapath, sock *captureSocket, tapFD, maxFrame int) *worker {
-	return &worker{d: d, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
+// addTo adds the counters to s.
+func (c *counters) addTo(s *Stats) {
+	s.Owned += c.owned.Load()
+	s.NotOwned += c.notOwned.Load()
+	s.Held += c.held.Load()
+	s.Malformed += c.malformed.Load()
+	s.ARPReplies += c.arpReplies.Load()
+	s.HeldFrags += c.heldFrags.Load()
+	s.DroppedFrag += c.droppedFrag.Load()
+	s.TapErrors += c.tapErrors.Load()
 }
 
-// run reads batches of frames until the datapath closes; each frame is
+// newWorker makes a worker for frames of up to maxFrame bytes that writes to
+// the TAP queue tapFD (-1 for the ARP worker, which never does).
+func newWorker(d *Datapath, a *attachment, sock *captureSocket, tapFD, maxFrame int) *worker {
+	return &worker{d: d, att: a, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
+}
+
+// run reads batches of frames until its attachment ends; each frame is
 // decided and either written to the TAP or dropped. It keeps its OS thread:
 // the thread sleeps in recvmmsg and the kernel wakes it directly.
 func (w *worker) run() {
-	defer w.d.wg.Done()
+	defer w.att.wg.Done()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	for !w.d.closing.Load() {
+	for !w.att.stop.Load() {
 		n, err := w.batch.recv(w.sock.fd)
 		switch err {
 		case nil:
@@ -55,9 +68,10 @@ func (w *worker) run() {
 			w.frags.sweep(time.Now().UnixNano())
 			continue
 		default:
-			// The interface went down or away; the socket stays bound and
-			// resumes when it returns.
-			w.d.log.Warn("capture read", "err", err)
+			// The interface went down (the socket resumes when it comes
+			// up) or away (the daemon attaches anew when it comes back):
+			// the daemon's link watch reports either.
+			w.d.log.Debug("capture read", "err", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
@@ -137,20 +151,12 @@ func (w *worker) handleIPv4(b []byte, now int64) {
 }
 
 // deliver writes b to the worker's TAP queue if accepted, else drops it.
-// The destination MAC becomes the TAP's own so the stack takes the packet as
-// addressed to this host (TCP discards anything else), as the kernel target
-// set pkt_type to PACKET_HOST.
 func (w *worker) deliver(b []byte, accepted bool) {
 	if !accepted {
 		w.stats.notOwned.Add(1)
 		return
 	}
-	copy(b[vnetHdrLen:vnetHdrLen+6], w.d.tap.mac)
-	if _, err := unix.Write(w.tap, b); err != nil {
-		w.stats.tapErrors.Add(1)
-		return
-	}
-	w.stats.owned.Add(1)
+	w.d.tap.deliver(w.tap, b, &w.stats)
 }
 
 // handleARP answers requests for the VIP with the cluster MAC. Every node
@@ -162,7 +168,7 @@ func (w *worker) handleARP(frame []byte) {
 	if !ok {
 		return
 	}
-	reply, err := arpFrame(sha, d.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
+	reply, err := arpFrame(sha, w.att.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
 	if err == nil {
 		err = w.sock.send(reply, sha)
 	}

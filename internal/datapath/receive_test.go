@@ -435,13 +435,15 @@ func fuzzWorker(t testing.TB, m hash.Mode, pol Policy) *worker {
 	d := &Datapath{
 		owner: Owner{Hash: hash.Config{Mode: m, TotalNodes: 3, Seed: 7}},
 		flows: newFlowTable(flowShards * 8),
-		tap:   &tapDevice{mac: testNICMAC},
+		tap:   &tapDevice{mac: testNICMAC, queues: []int{int(null.Fd())}},
 		vip:   testVIP.As4(),
 	}
 	d.vipAddr = binary.BigEndian.Uint32(d.vip[:])
 	d.policy.Store(&pol)
-	w := &worker{d: d, tap: int(null.Fd()), frags: newFragTable()}
-	d.workers = []*worker{w}
+	a := &attachment{ifi: &net.Interface{Name: "eth0", HardwareAddr: testNICMAC}}
+	w := &worker{d: d, att: a, tap: int(null.Fd()), frags: newFragTable()}
+	a.workers = []*worker{w}
+	d.att = a
 	return w
 }
 

@@ -44,6 +44,7 @@ type Host struct {
 	Name string // short name: client, n1, n2, ...
 	NS   string // network namespace name
 	Addr netip.Addr
+	port string // its switch port
 }
 
 // Options shape a lab.
@@ -185,6 +186,22 @@ func (l *Lab) attach(h *Host, port string) error {
 	if err := l.addNS(h.NS); err != nil {
 		return err
 	}
+	h.port = port
+	return l.plug(h)
+}
+
+// Unplug deletes h's eth0 (and its switch port), as when a veth or a bond
+// is torn down.
+func (l *Lab) Unplug(h *Host) error {
+	return ip("-n", h.NS, "link", "del", "eth0")
+}
+
+// Replug creates h's eth0 anew, plugged into the switch with its address,
+// as when a veth or a bond is rebuilt: a new interface under the old name.
+func (l *Lab) Replug(h *Host) error { return l.plug(h) }
+
+func (l *Lab) plug(h *Host) error {
+	port := h.port
 	steps := [][]string{
 		{"-n", l.Switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
 		{"-n", l.Switch, "link", "set", port, "master", "br0", "up"},
