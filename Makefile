@@ -1,14 +1,19 @@
 # clusterip — see README.md.
 GO      ?= go
 BIN     := bin/clusterctl
+LABCTL  := bin/labctl
 PKGS    := ./...
 
-.PHONY: all build demo test unit e2e vet fmt fuzz clean bench-failover bench
+.PHONY: all build labctl demo test unit e2e vet fmt fuzz clean bench-failover bench
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/clusterctl
+
+# The lab harness for the benchmarks (the tests build their own); not shipped.
+labctl:
+	$(GO) build -o $(LABCTL) ./test/labctl
 
 # The main job: a throw-away cluster in network namespaces (needs root).
 demo: build
@@ -40,11 +45,11 @@ clean:
 	rm -rf bin
 
 # Failover, drain, health check and rejoin under load, in a lab (root).
-bench-failover: build
-	./$(BIN) lab-bench-failover
+bench-failover: build labctl
+	./$(LABCTL) bench-failover --clusterctl $(abspath $(BIN))
 
 # Direct vs the kernel's nftables recipe vs the daemon, side by side (root).
-bench: build
+bench: build labctl
 	@command -v wrk >/dev/null && command -v iperf3 >/dev/null && command -v nft >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk iperf3 nftables; }
-	./$(BIN) lab-bench
+	./$(LABCTL) bench --clusterctl $(abspath $(BIN))

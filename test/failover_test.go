@@ -27,8 +27,7 @@ func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *
 		t.Fatalf("genkey: %v %s", err, out)
 	}
 	for i, h := range c.Nodes {
-		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name, "--tcp", ":80", "--udp", ":7",
-			"--health-file", c.healthFile(h)); err != nil {
+		if _, err := c.StartServer(h, "--tcp", ":80", "--udp", ":7", "--health-file", c.healthFile(h)); err != nil {
 			t.Fatal(err)
 		}
 		c.startFailoverDaemon(h, key, i+1, extra...)
@@ -330,7 +329,7 @@ func TestWrongGossipKeyKeptOut(t *testing.T) {
 		if h.Name == "n3" {
 			key = bad
 		}
-		c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name)
+		c.StartServer(h)
 		c.startFailoverDaemon(h, key, i+1)
 	}
 	eventually(t, 10*time.Second, "n1 and n2 serve everything", func() (bool, string) {

@@ -11,17 +11,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/clusterip/clusterip/internal/lab"
-	"github.com/vishvananda/netns"
 )
 
 var clusterctl string // the binary under test
+
+// labctl is the lab harness: the test service and the client load.
+var labctl string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -36,11 +37,14 @@ func TestMain(m *testing.M) {
 	// Tests run the binary as other users too.
 	os.Chmod(dir, 0o755)
 	clusterctl = filepath.Join(dir, "clusterctl")
-	build := exec.Command("go", "build", "-o", clusterctl, "../cmd/clusterctl")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("build clusterctl:", err)
-		os.Exit(1)
+	labctl = filepath.Join(dir, "labctl")
+	for bin, pkg := range map[string]string{clusterctl: "../cmd/clusterctl", labctl: "./labctl"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stdout, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Println("build", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -55,7 +59,7 @@ func newLab(t *testing.T, n int, router bool) *lab.Lab {
 	}
 	b := make([]byte, 3)
 	rand.Read(b)
-	l, err := lab.New(lab.Options{Prefix: "cipt" + hex.EncodeToString(b), Nodes: n, Router: router, Exe: clusterctl})
+	l, err := lab.New(lab.Options{Prefix: "cipt" + hex.EncodeToString(b), Nodes: n, Router: router, Exe: clusterctl, Tool: labctl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +96,7 @@ func newCluster(t *testing.T, nodes int, mode string, router bool, daemonArgs ..
 		c.daemons[h.Name] = p
 		c.ctl(h, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", mode,
 			"--total-nodes", strconv.Itoa(nodes), "--local-node", strconv.Itoa(i+1))
-		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name, "--tcp", ":80", "--udp", ":7"); err != nil {
+		if _, err := c.StartServer(h, "--tcp", ":80", "--udp", ":7"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -136,35 +140,8 @@ func predict(t *testing.T, mode string, total int, src string, ports ...int) int
 	return n
 }
 
-// inNetns runs fn on a thread inside the named network namespace. Sockets
-// fn creates stay in that namespace after it returns.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when this
-		// goroutine ends, rather than reuse a thread in the wrong namespace.
-		return err
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+// inNetns runs fn on a thread inside the named network namespace.
+func inNetns(name string, fn func() error) error { return lab.InNetns(name, fn) }
 
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {

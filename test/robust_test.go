@@ -135,7 +135,7 @@ func TestNodeNameConflict(t *testing.T) {
 	all := c.Nodes
 	c.Nodes = all[:3] // the cluster: n1..n3
 	for i, h := range c.Nodes {
-		if _, err := c.Start(h, "serve-"+h.Name, clusterctl, "lab-serve", "--name", h.Name); err != nil {
+		if _, err := c.StartServer(h); err != nil {
 			t.Fatal(err)
 		}
 		c.startFailoverDaemon(h, key, i+1)
@@ -397,7 +397,7 @@ func TestFragmentedUDPAtRateAndUnderFlood(t *testing.T) {
 func TestPlannedHandoffsDelayNoConnection(t *testing.T) {
 	c := newFailoverCluster(t, 3, "sourceip-sourceport")
 	n1 := c.Nodes[0]
-	load := c.Command(c.Client, clusterctl, "lab-load", "--addr", lab.VIP.String(), "--http-port", "80", "--echo-port", "7",
+	load := c.ToolCommand(c.Client, "load", "--addr", lab.VIP.String(), "--http-port", "80", "--echo-port", "7",
 		"--new-every", "4ms", "--long", "8", "--duration", "9s")
 	var out strings.Builder
 	load.Stdout, load.Stderr = &out, &out

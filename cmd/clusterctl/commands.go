@@ -46,7 +46,6 @@ func rootCommand() *cobra.Command {
 		genkeyCommand(),
 		demoCommand(),
 	)
-	root.AddCommand(labCommands()...)
 	return root
 }
 

@@ -42,13 +42,19 @@ type benchResult struct {
 // plain address on one node; (2) kernel, the nftables cluster recipe on all
 // nodes; (3) daemon, this project's daemon on all nodes; (4) user, the
 // daemon with --datapath user, every packet through user space.
-func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers int) (err error) {
+//
+// clusterctl is the daemon's binary; this program must be the lab tool.
+func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time.Duration, workers int) (err error) {
 	for _, tool := range []string{"wrk", "iperf3", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("bench needs %s (apt-get install wrk iperf3 nftables)", tool)
 		}
 	}
-	l, err := New(Options{Prefix: "cipperf", Nodes: 3})
+	tool, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	l, err := New(Options{Prefix: "cipperf", Nodes: 3, Exe: clusterctl, Tool: tool})
 	if err != nil {
 		return err
 	}
@@ -58,7 +64,7 @@ func BenchDatapath(ctx context.Context, w io.Writer, dur time.Duration, workers 
 		}
 	}()
 	for _, h := range l.Nodes {
-		if _, err := l.Start(h, "serve-"+h.Name, l.Exe, "lab-serve", "--name", h.Name); err != nil {
+		if _, err := l.StartServer(h); err != nil {
 			return err
 		}
 		// UDP replies must come from the VIP, so iperf3 binds it, before
@@ -251,7 +257,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 	})
 	if err == nil {
 		err = track("latency", func() error {
-			out, err := l.Run(l.Client, l.Exe, "lab-latency", "--addr", VIP.String()+":80", "--rate", "500", "--duration", dur.String())
+			out, err := l.Run(l.Client, l.Tool, "latency", "--addr", VIP.String()+":80", "--rate", "500", "--duration", dur.String())
 			if err != nil {
 				return err
 			}

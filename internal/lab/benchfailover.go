@@ -32,8 +32,14 @@ type failoverLab struct {
 // a health check, and a crashed node restarting: how long new connections
 // failed, how many long-lived connections broke, and how many flows two
 // nodes answered. datapath is the daemons' --datapath.
-func BenchFailover(ctx context.Context, w io.Writer, datapath string) (err error) {
-	l, err := New(Options{Prefix: "cipbench", Nodes: 3})
+//
+// clusterctl is the daemon's binary; this program must be the lab tool.
+func BenchFailover(ctx context.Context, w io.Writer, clusterctl, datapath string) (err error) {
+	tool, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	l, err := New(Options{Prefix: "cipbench", Nodes: 3, Exe: clusterctl, Tool: tool})
 	if err != nil {
 		return err
 	}
@@ -130,7 +136,7 @@ func (f *failoverLab) setup() error {
 }
 
 func (f *failoverLab) startServer(h *Host) error {
-	p, err := f.Start(h, "serve-"+h.Name, f.Exe, "lab-serve", "--name", h.Name, "--grace", benchGrace.String())
+	p, err := f.StartServer(h, "--grace", benchGrace.String())
 	f.servers[h.Name] = p
 	return err
 }
@@ -174,7 +180,7 @@ func (f *failoverLab) waitHome(ctx context.Context) error {
 }
 
 func (f *failoverLab) run(ctx context.Context, event func() error) (*LoadReport, time.Time, error) {
-	cmd := f.Command(f.Client, f.Exe, "lab-load", "--duration", benchRun.String())
+	cmd := f.ToolCommand(f.Client, "load", "--duration", benchRun.String())
 	var out strings.Builder
 	cmd.Stdout = &out
 	cmd.Stderr = &out

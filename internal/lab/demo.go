@@ -26,6 +26,8 @@ var demoHash = hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3}
 // through the control file and shows the survivor serving that share.
 func Demo(ctx context.Context, w io.Writer, conns int) (err error) {
 	say := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	ctx, cancel := context.WithCancel(ctx) // ends the servers this process runs in the lab
+	defer cancel()
 	say("Building the lab: a bridge, a client (%s) and 3 nodes in network namespaces...", ClientAddr)
 	l, err := New(Options{Prefix: "cipdemo", Nodes: 3})
 	if err != nil {
@@ -49,8 +51,7 @@ func Demo(ctx context.Context, w io.Writer, conns int) (err error) {
 		if _, err := l.Clusterctl(n, args...); err != nil {
 			return err
 		}
-		if _, err := l.Start(n, "serve-"+n.Name, l.Exe, "lab-serve", "--name", n.Name,
-			"--tcp", fmt.Sprintf(":%d", demoPort), "--udp", ":7"); err != nil {
+		if err := l.ServeIn(ctx, n, fmt.Sprintf(":%d", demoPort), ":7"); err != nil {
 			return err
 		}
 	}
@@ -103,14 +104,15 @@ func (l *Lab) WaitServing(ctx context.Context) error {
 	}
 }
 
-// ProbeFrom runs the lab probe in h and parses its report.
+// ProbeFrom opens count connections from h to the VIP's HTTP port, one
+// after the other, from this process.
 func (l *Lab) ProbeFrom(ctx context.Context, h *Host, count int, timeout time.Duration) ([]ProbeResult, error) {
-	out, err := l.Run(h, l.Exe, "lab-probe", "--addr", fmt.Sprintf("%s:%d", VIP, demoPort),
-		"--count", strconv.Itoa(count), "--timeout", timeout.String())
-	if err != nil {
-		return nil, err
-	}
-	return ParseProbeReport(out)
+	var res []ProbeResult
+	err := InNetns(h.NS, func() error {
+		res = Probe(ctx, fmt.Sprintf("%s:%d", VIP, demoPort), count, timeout)
+		return nil
+	})
+	return res, err
 }
 
 func (l *Lab) demoRound(ctx context.Context, w io.Writer, conns int) error {
@@ -175,38 +177,4 @@ func (l *Lab) holders() map[int]string {
 		}
 	}
 	return h
-}
-
-// FormatProbeReport is the lab probe's output: "PORT NODE" or "PORT - ERROR".
-func FormatProbeReport(res []ProbeResult) string {
-	var b strings.Builder
-	for _, r := range res {
-		if r.Err != nil {
-			fmt.Fprintf(&b, "%d - %v\n", r.LocalPort, strings.ReplaceAll(r.Err.Error(), "\n", " "))
-			continue
-		}
-		fmt.Fprintf(&b, "%d %s\n", r.LocalPort, r.Node)
-	}
-	return b.String()
-}
-
-// ParseProbeReport reads FormatProbeReport's output back.
-func ParseProbeReport(s string) ([]ProbeResult, error) {
-	var res []ProbeResult
-	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
-		f := strings.SplitN(line, " ", 3)
-		if len(f) < 2 {
-			return nil, fmt.Errorf("probe report: bad line %q", line)
-		}
-		port, err := strconv.Atoi(f[0])
-		if err != nil {
-			return nil, fmt.Errorf("probe report: bad line %q", line)
-		}
-		r := ProbeResult{LocalPort: port, Node: f[1]}
-		if f[1] == "-" {
-			r.Node, r.Err = "", fmt.Errorf("%s", strings.Join(f[2:], " "))
-		}
-		res = append(res, r)
-	}
-	return res, nil
 }

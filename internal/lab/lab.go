@@ -51,8 +51,12 @@ type Host struct {
 type Options struct {
 	Prefix string // namespace name prefix; must be unique among running labs
 	Nodes  int
-	Router bool // add a router and a remote client behind a RemoteMTU link
-	Exe    string
+	Router bool   // add a router and a remote client behind a RemoteMTU link
+	Exe    string // the clusterctl binary; default: this program
+	// Tool is the lab tool (test/labctl: the test service, the load, the
+	// latency probe) for labs that run those as programs in the
+	// namespaces; the demo needs none.
+	Tool string
 }
 
 // Lab is a running lab.
@@ -60,6 +64,7 @@ type Lab struct {
 	Prefix string
 	Dir    string // scratch directory for sockets and control files
 	Exe    string // the clusterctl binary the lab runs
+	Tool   string // the lab tool, if any (Options.Tool)
 	Switch string
 	Client *Host
 	Nodes  []*Host
@@ -112,7 +117,7 @@ func New(opts Options) (l *Lab, err error) {
 			return nil, err
 		}
 	}
-	l = &Lab{Prefix: opts.Prefix, Exe: opts.Exe, Switch: opts.Prefix + "-sw"}
+	l = &Lab{Prefix: opts.Prefix, Exe: opts.Exe, Tool: opts.Tool, Switch: opts.Prefix + "-sw"}
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -300,6 +305,18 @@ func (l *Lab) start(h *Host, logName string, env []string, name string, args ...
 	go func() { cmd.Wait(); close(p.done) }()
 	return p, nil
 }
+
+// StartServer runs the lab tool's test service in h, answering with h's
+// name (see Serve); args are the tool's serve flags.
+func (l *Lab) StartServer(h *Host, args ...string) (*Proc, error) {
+	if l.Tool == "" {
+		return nil, errors.New("lab: no lab tool (Options.Tool) to serve with")
+	}
+	return l.Start(h, "serve-"+h.Name, l.Tool, append([]string{"serve", "--name", h.Name}, args...)...)
+}
+
+// ToolCommand returns a command running the lab tool in h.
+func (l *Lab) ToolCommand(h *Host, args ...string) *exec.Cmd { return l.Command(h, l.Tool, args...) }
 
 // Log returns what a process started with logName wrote so far.
 func (l *Lab) Log(logName string) string {

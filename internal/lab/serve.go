@@ -16,32 +16,45 @@ import (
 	"time"
 )
 
-// Serve runs the lab's test service until ctx ends: HTTP on httpAddr
-// answering "NAME\n" (/bytes?n=N sends N bytes, for bulk transfers; /health
-// fails while healthFile exists), and on echoAddr a UDP service answering
-// each datagram with "NAME LEN" and a TCP service answering each line with
-// "NAME LINE", for long-lived connections.
-//
-// When ctx ends, the service stops as a well-behaved one does: its health
-// check fails at once, it keeps serving for grace so that the cluster can
-// move new clients away, then it stops accepting and lets the connections
-// it has finish.
-func Serve(ctx context.Context, name, httpAddr, echoAddr, healthFile string, grace time.Duration) error {
+// Listeners are the lab service's sockets: HTTP, and the echo service on
+// UDP and TCP. Opened inside a node's namespace, they stay in it.
+type Listeners struct {
+	HTTP, Echo net.Listener
+	EchoUDP    net.PacketConn
+}
+
+// Listen opens the service's sockets.
+func Listen(httpAddr, echoAddr string) (*Listeners, error) {
 	ln, err := net.Listen("tcp4", httpAddr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	pc, err := net.ListenPacket("udp4", echoAddr)
 	if err != nil {
 		ln.Close()
-		return err
+		return nil, err
 	}
 	echo, err := net.Listen("tcp4", echoAddr)
 	if err != nil {
 		ln.Close()
 		pc.Close()
-		return err
+		return nil, err
 	}
+	return &Listeners{HTTP: ln, Echo: echo, EchoUDP: pc}, nil
+}
+
+// Serve runs the lab's test service until ctx ends: HTTP answering
+// "NAME\n" (/bytes?n=N sends N bytes, for bulk transfers; /health fails
+// while healthFile exists), and the echo service answering each UDP datagram
+// with "NAME LEN" and each line on TCP with "NAME LINE", for long-lived
+// connections.
+//
+// When ctx ends, the service stops as a well-behaved one does: its health
+// check fails at once, it keeps serving for grace so that the cluster can
+// move new clients away, then it stops accepting and lets the connections
+// it has finish.
+func Serve(ctx context.Context, name string, ls *Listeners, healthFile string, grace time.Duration) error {
+	ln, pc, echo := ls.HTTP, ls.EchoUDP, ls.Echo
 	var conns sync.WaitGroup
 	go serveEcho(echo, name, &conns)
 	mux := http.NewServeMux()
@@ -128,6 +141,21 @@ func serveEcho(ln net.Listener, name string, conns *sync.WaitGroup) {
 			}
 		}()
 	}
+}
+
+// ServeIn runs the lab service in h's namespace, inside this process,
+// until ctx ends (the demo needs no other program).
+func (l *Lab) ServeIn(ctx context.Context, h *Host, httpAddr, echoAddr string) error {
+	var ls *Listeners
+	err := InNetns(h.NS, func() (err error) {
+		ls, err = Listen(httpAddr, echoAddr)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("serve in %s: %w", h.Name, err)
+	}
+	go Serve(ctx, h.Name, ls, "", 0)
+	return nil
 }
 
 // ProbeResult is one connection the probe made.
