@@ -197,3 +197,28 @@ type nopFile struct{}
 
 func (nopFile) Contents() []byte   { return nil }
 func (nopFile) Write([]byte) error { return nil }
+
+// FuzzParseMountinfo: mountinfo is read to find our mounts after a crash;
+// whatever a line holds, the parser must not panic, and every entry it
+// returns comes from a line with the "-" separator and a mount point.
+func FuzzParseMountinfo(f *testing.F) {
+	f.Add("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n")
+	f.Add("100 1 0:55 / /run/clusterip rw,nosuid - fuse.clusterip clusterip rw,user_id=0\n")
+	f.Add("1 2 3:4 / /with\\040space rw - fuse.clusterip x rw\n36 35 98:0 /mnt1 - - - -\n")
+	f.Add("- - - - - - -\n\n   \n")
+	f.Fuzz(func(t *testing.T, in string) {
+		ms, err := parseMountinfo(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		lines := strings.Count(in, "\n") + 1
+		if len(ms) > lines {
+			t.Fatalf("%d entries from %d lines", len(ms), lines)
+		}
+		for _, m := range ms {
+			if m.fstype == "" && !strings.Contains(in, " - ") {
+				t.Fatalf("entry %+v from input without a separator", m)
+			}
+		}
+	})
+}

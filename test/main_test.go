@@ -38,8 +38,18 @@ func TestMain(m *testing.M) {
 	os.Chmod(dir, 0o755)
 	clusterctl = filepath.Join(dir, "clusterctl")
 	labctl = filepath.Join(dir, "labctl")
+	// CIP_E2E_RACE=1 builds the daemon with the race detector, which then
+	// stops it at the first race (GORACE=halt_on_error=1), failing the test.
+	race := os.Getenv("CIP_E2E_RACE") != ""
+	if race {
+		os.Setenv("GORACE", "halt_on_error=1")
+	}
 	for bin, pkg := range map[string]string{clusterctl: "../cmd/clusterctl", labctl: "./labctl"} {
-		build := exec.Command("go", "build", "-o", bin, pkg)
+		args := []string{"build", "-o", bin}
+		if race && bin == clusterctl {
+			args = append(args, "-race")
+		}
+		build := exec.Command("go", append(args, pkg)...)
 		build.Stdout, build.Stderr = os.Stdout, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Println("build", pkg+":", err)

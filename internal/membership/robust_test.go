@@ -181,6 +181,9 @@ func floodStreams(t *testing.T, addr string, n int, stop <-chan struct{}) *sync.
 // stream announces (up to 20 MB): a flood of such streams must cost a
 // bounded amount of memory, and must not make the flooded node look dead.
 func TestStreamFloodBounded(t *testing.T) {
+	if raceDetector {
+		t.Skip("the flood runs in the test's own process, which the race detector slows down tenfold")
+	}
 	tc := newTestCluster(t)
 	key := newKey(t)
 	a, _ := tc.startLogged(membership.Config{Name: "a", Key: key})
