@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/clusterip/clusterip/internal/daemon"
 	"github.com/clusterip/clusterip/internal/lab"
-	"github.com/mdlayher/packet"
 )
 
 func status(t *testing.T, c *cluster, h *lab.Host) []daemon.ClusterStatus {
@@ -130,35 +128,16 @@ func TestMalformedFramesDropped(t *testing.T) {
 func testMalformedFrames(t *testing.T, datapath string) {
 	c := newCluster(t, 1, "sourceip-sourceport", false, "--datapath", datapath)
 	n1 := c.Nodes[0]
-	clientIfi := &net.Interface{}
-	var conn *packet.Conn
-	err := inNetns(c.Client.NS, func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		clientIfi = ifi
-		conn, err = packet.Listen(ifi, packet.Raw, 0x88b5, nil) // an unused EtherType: this socket only sends
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	clusterMAC := daemon.DefaultClusterMAC(lab.VIP)
+	raw := c.rawSender()
 	vip := lab.VIP.As4()
 	ipFrame := func(mutate func(ip []byte) []byte) []byte {
-		f := make([]byte, 14+20+8)
-		copy(f[0:6], clusterMAC)
-		copy(f[6:12], clientIfi.HardwareAddr)
-		binary.BigEndian.PutUint16(f[12:14], 0x0800)
-		ip := f[14:]
+		ip := make([]byte, 20+8)
 		ip[0] = 0x45
 		binary.BigEndian.PutUint16(ip[2:4], 28)
 		ip[8], ip[9] = 64, 17
 		copy(ip[12:16], lab.ClientAddr.AsSlice())
 		copy(ip[16:20], vip[:])
-		return append(f[:14], mutate(ip)...)
+		return raw.frame(mutate(ip))
 	}
 	frames := [][]byte{
 		ipFrame(func(ip []byte) []byte { return ip[:20] }),                                                   // ports missing
@@ -175,7 +154,7 @@ func testMalformedFrames(t *testing.T, datapath string) {
 	before := status(t, c, n1)[0].Stats
 	for round := 0; round < 20; round++ {
 		for _, f := range frames {
-			if _, err := conn.WriteTo(f, &packet.Addr{HardwareAddr: clusterMAC}); err != nil {
+			if err := raw.send(f); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -6,8 +6,10 @@ package test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterip/clusterip/internal/daemon"
 	"github.com/clusterip/clusterip/internal/lab"
+	"github.com/mdlayher/packet"
 )
 
 var clusterctl string // the binary under test
@@ -152,6 +156,48 @@ func predict(t *testing.T, mode string, total int, src string, ports ...int) int
 
 // inNetns runs fn on a thread inside the named network namespace.
 func inNetns(name string, fn func() error) error { return lab.InNetns(name, fn) }
+
+// rawSender is a packet socket on the client's eth0 that only sends (it is
+// bound to an unused EtherType): for frames no real client would send.
+type rawSender struct {
+	conn *packet.Conn
+	mac  net.HardwareAddr // the client's
+}
+
+func (c *cluster) rawSender() *rawSender {
+	c.t.Helper()
+	r := &rawSender{}
+	err := inNetns(c.Client.NS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		r.mac = ifi.HardwareAddr
+		r.conn, err = packet.Listen(ifi, packet.Raw, 0x88b5, nil)
+		return err
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { r.conn.Close() })
+	return r
+}
+
+// frame wraps an IPv4 packet in an Ethernet frame from the client to the
+// cluster MAC.
+func (r *rawSender) frame(ip []byte) []byte {
+	f := make([]byte, 14, 14+len(ip))
+	copy(f[0:6], daemon.DefaultClusterMAC(lab.VIP))
+	copy(f[6:12], r.mac)
+	binary.BigEndian.PutUint16(f[12:14], 0x0800)
+	return append(f, ip...)
+}
+
+// send sends a whole frame to the cluster MAC.
+func (r *rawSender) send(frame []byte) error {
+	_, err := r.conn.WriteTo(frame, &packet.Addr{HardwareAddr: daemon.DefaultClusterMAC(lab.VIP)})
+	return err
+}
 
 // eventually polls cond until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {

@@ -17,9 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clusterip/clusterip/internal/daemon"
 	"github.com/clusterip/clusterip/internal/lab"
-	"github.com/mdlayher/packet"
 )
 
 // A service started in a mount namespace of its own (ip netns exec,
@@ -186,42 +184,14 @@ func TestGossipStreamFlood(t *testing.T) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
-		defer close(done)
-		junk := make([]byte, 64<<10)
-		var wg sync.WaitGroup
-		for range 30 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					var conn net.Conn
-					err := inNetns(c.Client.NS, func() (err error) {
-						conn, err = net.DialTimeout("tcp4", n1.Addr.String()+":7946", time.Second)
-						return err
-					})
-					if err != nil {
-						time.Sleep(10 * time.Millisecond)
-						continue
-					}
-					hdr := []byte{10, 0, 0, 0, 0} // memberlist's encrypted stream, then its length
-					binary.BigEndian.PutUint32(hdr[1:], 20<<20)
-					conn.SetDeadline(time.Now().Add(3 * time.Second))
-					conn.Write(hdr)
-					for sent := 0; sent < 20<<20; sent += len(junk) {
-						if _, err := conn.Write(junk); err != nil {
-							break
-						}
-					}
-					conn.Close()
-				}
-			}()
-		}
-		wg.Wait()
+		lab.FloodGossipStreams(func() (conn net.Conn, err error) {
+			err = inNetns(c.Client.NS, func() (err error) {
+				conn, err = net.DialTimeout("tcp4", n1.Addr.String()+":7946", time.Second)
+				return err
+			})
+			return conn, err
+		}, 30, stop)
+		close(done)
 	}()
 	deadline := time.Now().Add(6 * time.Second)
 	for time.Now().Before(deadline) {
@@ -331,35 +301,19 @@ func TestFragmentedUDPAtRateAndUnderFlood(t *testing.T) {
 
 	// The flood: later fragments from random sources, as fast as one
 	// sender goes, to the cluster MAC.
-	var conn *packet.Conn
-	var src net.HardwareAddr
-	if err := inNetns(c.Client.NS, func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		src = ifi.HardwareAddr
-		conn, err = packet.Listen(ifi, packet.Raw, 0x88b5, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	raw := c.rawSender()
 	stop := make(chan struct{})
 	var floodSent atomic.Int64
 	flooding := make(chan struct{})
 	go func() {
 		defer close(flooding)
-		mac := daemon.DefaultClusterMAC(lab.VIP)
-		f := make([]byte, 14+20+1000)
-		copy(f[0:6], mac)
-		copy(f[6:12], src)
-		binary.BigEndian.PutUint16(f[12:14], 0x0800)
-		ip := f[14:]
+		ip := make([]byte, 20+1000)
 		ip[0], ip[8], ip[9] = 0x45, 64, 17
 		binary.BigEndian.PutUint16(ip[2:4], uint16(len(ip)))
 		binary.BigEndian.PutUint16(ip[6:8], 185) // offset 1480, no more fragments
 		copy(ip[16:20], lab.VIP.AsSlice())
+		f := raw.frame(ip)
+		ip = f[14:]
 		var seed uint32 = 1
 		for {
 			select {
@@ -370,7 +324,7 @@ func TestFragmentedUDPAtRateAndUnderFlood(t *testing.T) {
 			seed = seed*1664525 + 1013904223
 			binary.BigEndian.PutUint32(ip[12:16], 0x0a000000|seed>>8) // 10.x.y.z
 			binary.BigEndian.PutUint16(ip[4:6], uint16(seed))
-			if _, err := conn.WriteTo(f, &packet.Addr{HardwareAddr: mac}); err == nil {
+			if raw.send(f) == nil {
 				floodSent.Add(1)
 			}
 		}
@@ -451,38 +405,22 @@ func TestSpoofedFloodDoesNotBreakDrain(t *testing.T) {
 	c := newFailoverCluster(t, 3, "sourceip-sourceport")
 	n1 := c.Nodes[0]
 	kept := c.openLong(1, 2, 51000)
-	var conn *packet.Conn
-	var src net.HardwareAddr
-	if err := inNetns(c.Client.NS, func() error {
-		ifi, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		src = ifi.HardwareAddr
-		conn, err = packet.Listen(ifi, packet.Raw, 0x88b5, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	mac := daemon.DefaultClusterMAC(lab.VIP)
-	f := make([]byte, 14+20+8+16)
-	copy(f[0:6], mac)
-	copy(f[6:12], src)
-	binary.BigEndian.PutUint16(f[12:14], 0x0800)
-	ip := f[14:]
+	raw := c.rawSender()
+	ip := make([]byte, 20+8+16)
 	ip[0], ip[8], ip[9] = 0x45, 64, 17
 	binary.BigEndian.PutUint16(ip[2:4], uint16(len(ip)))
 	copy(ip[16:20], lab.VIP.AsSlice())
 	binary.BigEndian.PutUint16(ip[22:24], 9) // to the discard port
 	binary.BigEndian.PutUint16(ip[24:26], 8+16)
+	f := raw.frame(ip)
+	ip = f[14:]
 	var seed uint32 = 7
 	deadline := time.Now().Add(20 * time.Second)
 	for sent := 0; ; sent++ {
 		seed = seed*1664525 + 1013904223
 		binary.BigEndian.PutUint32(ip[12:16], 0x0a000000|seed>>8)
 		binary.BigEndian.PutUint16(ip[20:22], uint16(seed))
-		conn.WriteTo(f, &packet.Addr{HardwareAddr: mac})
+		raw.send(f)
 		if sent%20000 == 0 {
 			st := status(t, c, n1)[0].Flows
 			if st.Evicted > 0 {

@@ -148,9 +148,9 @@ func (c *cluster) startChecks() {
 }
 
 // reconcile runs one failover step and carries it out: the datapath's new
-// policy, then the releases (returned, to be sent once the new state is
-// published: sent earlier, they would let the receiver answer a number this
-// node still answers), then the takeovers. Callers hold c.mu.
+// policy first, then the releases (returned for the caller to send: the
+// datapath no longer takes new connections of their numbers, so the
+// receivers may), then the takeovers. Callers hold c.mu.
 func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
 	out := c.fo.step(stepInput{VIP: c.spec.VIP, Total: c.spec.TotalNodes, Me: me, Members: members, Now: now, Flows: c.dp.Flows()})
 	c.dp.SetPolicy(out.Policy)

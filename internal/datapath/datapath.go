@@ -287,19 +287,8 @@ func (d *Datapath) detachLocked() {
 	a.wg.Wait()
 	for _, w := range a.readers() {
 		w.sock.close()
-		w.stats.addTo(&d.retired)
+		w.addStats(&d.retired)
 	}
-}
-
-// Attached returns the index of the interface the datapath is attached to,
-// and whether it is attached at all.
-func (d *Datapath) Attached() (int, bool) {
-	d.filterMu.Lock()
-	defer d.filterMu.Unlock()
-	if d.att == nil {
-		return 0, false
-	}
-	return d.att.ifi.Index, true
 }
 
 // Nodes returns the node numbers this node answers for.
@@ -417,7 +406,7 @@ const maxReleaseFlows = 1 << 14
 
 // KeptFlows lists the flows of number node this node keeps after giving it
 // up, as a release tells the receiving node (see flowTable.kept); cutoff is
-// a little before the handoff began. Call it after the policy that stops
+// when the handoff began. Call it after the policy that stops
 // serving node is in place: the list then holds every flow this node ever
 // answered for it since cutoff. complete is false when the list cannot be
 // trusted whole.
@@ -468,7 +457,7 @@ func (d *Datapath) Stats() Stats {
 	d.late.addTo(&s)
 	if d.att != nil {
 		for _, w := range d.att.readers() {
-			w.stats.addTo(&s)
+			w.addStats(&s)
 		}
 	}
 	if d.kernel != nil {

@@ -45,6 +45,12 @@ func (c *counters) addTo(s *Stats) {
 	s.TapErrors += c.tapErrors.Load()
 }
 
+// addStats adds the worker's counters to s.
+func (w *worker) addStats(s *Stats) {
+	w.stats.addTo(s)
+	s.DroppedFrag += w.frags.evicted.Load()
+}
+
 // newWorker makes a worker for frames of up to maxFrame bytes that writes to
 // the TAP queue tapFD (-1 for the ARP worker, which never does).
 func newWorker(d *Datapath, a *attachment, sock *captureSocket, tapFD, maxFrame int) *worker {

@@ -52,7 +52,7 @@ func (tc *testCluster) start(name string, key []byte, peers ...string) *membersh
 
 func (tc *testCluster) startOn(name string, key []byte, port int, peers ...string) *membership.Membership {
 	tc.t.Helper()
-	m, err := membership.Start(membership.Config{
+	return tc.startConfig(membership.Config{
 		Name:  name,
 		Bind:  loopback,
 		Port:  port,
@@ -60,8 +60,14 @@ func (tc *testCluster) startOn(name string, key []byte, port int, peers ...strin
 		Key:   key,
 		Log:   slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
+}
+
+// startConfig starts a member and has it leave when the test ends.
+func (tc *testCluster) startConfig(cfg membership.Config) *membership.Membership {
+	tc.t.Helper()
+	m, err := membership.Start(cfg)
 	if err != nil {
-		tc.t.Fatalf("Start(%s): %v", name, err)
+		tc.t.Fatalf("Start(%s): %v", cfg.Name, err)
 	}
 	tc.t.Cleanup(func() {
 		tc.mu.Lock()
@@ -72,8 +78,8 @@ func (tc *testCluster) startOn(name string, key []byte, port int, peers ...strin
 			m.Leave()
 		}
 	})
-	if m.Name() != name {
-		tc.t.Fatalf("Name() = %q, want %q", m.Name(), name)
+	if m.Name() != cfg.Name {
+		tc.t.Fatalf("Name() = %q, want %q", m.Name(), cfg.Name)
 	}
 	return m
 }

@@ -2,7 +2,6 @@ package membership_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterip/clusterip/internal/lab"
 	"github.com/clusterip/clusterip/internal/membership"
 )
 
@@ -37,20 +37,7 @@ func (tc *testCluster) startLogged(cfg membership.Config) (*membership.Membershi
 	tc.t.Helper()
 	logs := &logBuffer{}
 	cfg.Bind, cfg.Log = loopback, slog.New(slog.NewTextHandler(logs, nil))
-	m, err := membership.Start(cfg)
-	if err != nil {
-		tc.t.Fatalf("Start(%s): %v", cfg.Name, err)
-	}
-	tc.t.Cleanup(func() {
-		tc.mu.Lock()
-		left := tc.left[m]
-		tc.left[m] = true
-		tc.mu.Unlock()
-		if !left {
-			m.Leave()
-		}
-	})
-	return m, logs
+	return tc.startConfig(cfg), logs
 }
 
 // Two daemons under one name (cloned machines share a host name): the one
@@ -141,42 +128,6 @@ func TestDeadMembersForgotten(t *testing.T) {
 	})
 }
 
-// floodStreams opens n TCP connections to addr that each announce an
-// encrypted stream of 20 MB and send it as fast as they can.
-func floodStreams(t *testing.T, addr string, n int, stop <-chan struct{}) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	junk := make([]byte, 64<<10)
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				conn, err := net.DialTimeout("tcp", addr, time.Second)
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				hdr := []byte{10, 0, 0, 0, 0} // encryptMsg, then its length
-				binary.BigEndian.PutUint32(hdr[1:], 20<<20)
-				conn.SetDeadline(time.Now().Add(3 * time.Second))
-				conn.Write(hdr)
-				for sent := 0; sent < 20<<20; sent += len(junk) {
-					if _, err := conn.Write(junk); err != nil {
-						break
-					}
-				}
-				conn.Close()
-			}
-		}()
-	}
-	return &wg
-}
-
 // Before memberlist can authenticate a stream it buffers as much as the
 // stream announces (up to 20 MB): a flood of such streams must cost a
 // bounded amount of memory, and must not make the flooded node look dead.
@@ -198,7 +149,12 @@ func TestStreamFloodBounded(t *testing.T) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	stop := make(chan struct{})
-	wg := floodStreams(t, addr(t, a), 30, stop)
+	flooded := make(chan struct{})
+	target := addr(t, a)
+	go func() {
+		lab.FloodGossipStreams(func() (net.Conn, error) { return net.DialTimeout("tcp", target, time.Second) }, 30, stop)
+		close(flooded)
+	}()
 	deadline := time.Now().Add(4 * time.Second)
 	var peak uint64
 	for time.Now().Before(deadline) {
@@ -212,7 +168,7 @@ func TestStreamFloodBounded(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	close(stop)
-	wg.Wait()
+	<-flooded
 	if grown := int64(peak) - int64(before.HeapInuse); grown > 80<<20 {
 		t.Errorf("heap grew by %d MB under the flood", grown>>20)
 	}
