@@ -119,8 +119,11 @@ type fragTable struct {
 	evicted atomic.Uint64
 }
 
-func newFragTable() *fragTable {
-	return &fragTable{slots: make([]fragEntry, fragMaxDatagrams), index: make(map[fragKey]int32)}
+func newFragTable() *fragTable { return newFragTableOf(fragMaxDatagrams) }
+
+// newFragTableOf makes a table of n datagrams.
+func newFragTableOf(n int) *fragTable {
+	return &fragTable{slots: make([]fragEntry, n), index: make(map[fragKey]int32)}
 }
 
 // entry returns the datagram's entry, or nil.
