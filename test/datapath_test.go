@@ -51,12 +51,12 @@ func TestTCPConnectionServedByHashedNode(t *testing.T) {
 					continue
 				}
 				st := status(t, c, h)[0]
-				viaKernel := st.Stats.KernelTaken - before[h.Name].Stats.KernelTaken
-				viaUser := st.Stats.Owned - before[h.Name].Stats.Owned
+				viaKernel := st.Packets.KernelAnswered - before[h.Name].Packets.KernelAnswered
+				viaUser := st.Packets.UserAnswered - before[h.Name].Packets.UserAnswered
 				switch {
-				case tc.datapath == "auto" && (!st.KernelPath || st.Kernel != st.Serving || viaKernel < uint64(3*seen[h.Name]) || viaUser != 0):
-					t.Errorf("%s: kernel path %v for %s (serving %s), %d packets through it and %d through user space for %d connections",
-						h.Name, st.KernelPath, st.Kernel, st.Serving, viaKernel, viaUser, seen[h.Name])
+				case tc.datapath == "auto" && (!st.KernelPath || fmt.Sprint(st.InKernel) != fmt.Sprint(st.Serving) || viaKernel < uint64(3*seen[h.Name]) || viaUser != 0):
+					t.Errorf("%s: kernel path %v for %v (serving %v), %d packets through it and %d through user space for %d connections",
+						h.Name, st.KernelPath, st.InKernel, st.Serving, viaKernel, viaUser, seen[h.Name])
 				case tc.datapath == "user" && (st.KernelPath || viaUser < uint64(3*seen[h.Name])):
 					t.Errorf("%s: --datapath user, but kernel path %v, %d packets through user space for %d connections",
 						h.Name, st.KernelPath, viaUser, seen[h.Name])

@@ -17,13 +17,14 @@ import (
 	"github.com/clusterip/clusterip/internal/lab"
 )
 
+// status is h's clusters, as `status --json` prints them.
 func status(t *testing.T, c *cluster, h *lab.Host) []daemon.ClusterStatus {
 	t.Helper()
-	var st []daemon.ClusterStatus
+	var st daemon.Status
 	if err := json.Unmarshal([]byte(c.ctl(h, "status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return st.Clusters
 }
 
 // Every bad command is refused with one line on stderr naming what is wrong
@@ -83,7 +84,7 @@ func TestBadCommandsRefused(t *testing.T) {
 		}
 	}
 	after := status(t, c, n1)
-	if len(after) != len(before) || strings.Join(after[0].Args, " ") != strings.Join(before[0].Args, " ") {
+	if len(after) != len(before) || fmt.Sprint(after[0].LocalNodes, after[0].TotalNodes) != fmt.Sprint(before[0].LocalNodes, before[0].TotalNodes) {
 		t.Errorf("refused commands changed the daemon:\nbefore %v\nafter  %v", before, after)
 	}
 }
@@ -151,7 +152,7 @@ func testMalformedFrames(t *testing.T, datapath string) {
 		append(ipFrame(func(ip []byte) []byte { return ip }), make([]byte, 1400)...),                         // trailing junk
 		ipFrame(func(ip []byte) []byte { ip[0] = 0x46; binary.BigEndian.PutUint16(ip[2:4], 24); return ip }), // options, no L4
 	}
-	before := status(t, c, n1)[0].Stats
+	before := status(t, c, n1)[0].Packets
 	for round := 0; round < 20; round++ {
 		for _, f := range frames {
 			if err := raw.send(f); err != nil {
@@ -166,17 +167,17 @@ func testMalformedFrames(t *testing.T, datapath string) {
 	// the later fragment is held for a first fragment that never comes.
 	if datapath == "user" {
 		eventually(t, 3*time.Second, "malformed frames counted", func() (bool, string) {
-			st := status(t, c, n1)[0].Stats
+			st := status(t, c, n1)[0].Packets
 			return st.Malformed >= before.Malformed+3*20, fmt.Sprintf("%+v", st)
 		})
-		if after := status(t, c, n1)[0].Stats; after.Owned-before.Owned != 3*20 {
-			t.Errorf("delivered %d frames, want the 60 valid ones", after.Owned-before.Owned)
+		if after := status(t, c, n1)[0].Packets; after.UserAnswered-before.UserAnswered != 3*20 {
+			t.Errorf("delivered %d frames, want the 60 valid ones", after.UserAnswered-before.UserAnswered)
 		}
 	} else {
 		// The orphan fragments still go to user space, to be held.
 		eventually(t, 3*time.Second, "fragments held", func() (bool, string) {
-			st := status(t, c, n1)[0].Stats
-			return st.HeldFrags >= before.HeldFrags+20, fmt.Sprintf("%+v", st)
+			st := status(t, c, n1)[0].Packets
+			return st.FragmentsHeld >= before.FragmentsHeld+20, fmt.Sprintf("%+v", st)
 		})
 	}
 	if err := c.WaitServing(context.Background()); err != nil {

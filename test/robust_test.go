@@ -88,7 +88,7 @@ func TestClientPermissionDenied(t *testing.T) {
 }
 
 // SIGHUP, which a terminal or a careless `kill -HUP` sends, does not stop
-// the daemon.
+// the daemon; without --config there is nothing to reload, and it says so.
 func TestSIGHUPDoesNotStopDaemon(t *testing.T) {
 	c := newCluster(t, 1, "sourceip", false)
 	p := c.daemons["n1"]
@@ -97,7 +97,7 @@ func TestSIGHUPDoesNotStopDaemon(t *testing.T) {
 	}
 	eventually(t, 3*time.Second, "SIGHUP logged", func() (bool, string) {
 		log := c.Log("daemon-n1")
-		return strings.Contains(log, "SIGHUP ignored"), log
+		return strings.Contains(log, "SIGHUP: reloading") && strings.Contains(log, "without --config"), log
 	})
 	if p.Exited() {
 		t.Fatalf("daemon died of SIGHUP:\n%s", c.Log("daemon-n1"))
@@ -338,8 +338,8 @@ func TestFragmentedUDPAtRateAndUnderFlood(t *testing.T) {
 		t.Errorf("under a flood of spoofed fragments: %d of %d fragmented datagrams answered, want at least 99%%", answered, sent)
 	}
 	for _, h := range c.Nodes {
-		st := status(t, c, h)[0].Stats
-		t.Logf("%s: held %d, dropped %d fragments", h.Name, st.HeldFrags, st.DroppedFrag)
+		st := status(t, c, h)[0].Packets
+		t.Logf("%s: held %d, dropped %d fragments", h.Name, st.FragmentsHeld, st.FragmentsDropped)
 	}
 }
 
@@ -388,7 +388,7 @@ func TestPlannedHandoffsDelayNoConnection(t *testing.T) {
 	}
 	held := uint64(0)
 	for _, h := range c.Nodes {
-		held += status(t, c, h)[0].Stats.Held
+		held += status(t, c, h)[0].Packets.Held
 	}
 	t.Logf("%d new connections: %d failed, %d delayed; %d of %d long-lived broke; %d SYNs answered twice; %d packets held",
 		len(rep.New), failed, delayed, broke, len(rep.Long), len(rep.Twice), held)
@@ -451,7 +451,7 @@ func TestInterfaceRecreated(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "status shows the interface gone", func() (bool, string) {
 		st := status(t, c, n1)[0]
-		return len(st.Problems) == 1 && strings.Contains(st.Problems[0], "interface eth0 gone") && st.Serving == 0, fmt.Sprintf("%+v", st.Problems)
+		return len(st.Problems) == 1 && strings.Contains(st.Problems[0], "interface eth0 gone") && len(st.Serving) == 0, fmt.Sprintf("%+v", st.Problems)
 	})
 	if out := c.ctl(n1, "status"); !strings.Contains(out, "PROBLEM") {
 		t.Errorf("status table does not show the problem:\n%s", out)
@@ -461,7 +461,7 @@ func TestInterfaceRecreated(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "status clean again", func() (bool, string) {
 		st := status(t, c, n1)[0]
-		return len(st.Problems) == 0 && st.Serving != 0 && st.KernelPath, fmt.Sprintf("%+v %v", st.Problems, st.KernelPath)
+		return len(st.Problems) == 0 && len(st.Serving) != 0 && st.KernelPath, fmt.Sprintf("%+v %v", st.Problems, st.KernelPath)
 	})
 	if err := c.WaitServing(context.Background()); err != nil {
 		t.Fatalf("not serving on the new interface: %v\n%s", err, c.Log("daemon-n1"))

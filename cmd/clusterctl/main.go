@@ -5,10 +5,12 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/clusterip/clusterip/internal/cli"
 )
 
 func main() {
-	if err := rootCommand().Execute(); err != nil {
+	if err := cli.Root().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "clusterctl:", err)
 		os.Exit(1)
 	}

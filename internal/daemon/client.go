@@ -62,8 +62,9 @@ func (c Client) Delete(vip string) error {
 }
 
 // Drain hands this node's numbers of a cluster to the others while it keeps
-// serving the connections it has, for at most timeout (0: until they end).
-func (c Client) Drain(vip string, timeout time.Duration) error {
+// serving the connections it has, for at most timeout (0: until they end;
+// nil: as an earlier drain said, else until they end).
+func (c Client) Drain(vip string, timeout *time.Duration) error {
 	_, err := c.call(request{Op: opDrain, VIP: vip, Timeout: timeout})
 	return err
 }
@@ -74,25 +75,24 @@ func (c Client) Resume(vip string) error {
 	return err
 }
 
-// Status lists the running clusters.
-func (c Client) Status() ([]ClusterStatus, error) {
+// Status returns the daemon's status document.
+func (c Client) Status() (*Status, error) {
 	resp, err := c.call(request{Op: opStatus})
-	return resp.Clusters, err
+	if err == nil && resp.Status == nil {
+		err = fmt.Errorf("daemon on %s sent no status", c.Socket)
+	}
+	return resp.Status, err
 }
 
 // Save returns the running clusters in the config file format.
 func (c Client) Save() (string, error) {
-	st, err := c.Status()
-	if err != nil {
-		return "", err
-	}
-	specs := make([]Spec, 0, len(st))
-	for _, s := range st {
-		spec, err := s.Spec()
-		if err != nil {
-			return "", fmt.Errorf("daemon sent a bad cluster: %w", err)
-		}
-		specs = append(specs, spec)
-	}
-	return FormatConfig(specs), nil
+	resp, err := c.call(request{Op: opSave})
+	return resp.Text, err
+}
+
+// Reload has the daemon re-read its config file and apply the
+// difference; it returns what changed.
+func (c Client) Reload() (string, error) {
+	resp, err := c.call(request{Op: opReload})
+	return resp.Text, err
 }

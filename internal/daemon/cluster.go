@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +28,31 @@ type cluster struct {
 	stopChecks  func()
 	lastCheck   string // why the health check last changed its mind
 	linkProblem string // why the interface cannot carry the cluster now; "" when it can
+	fromConfig  bool   // declared by the config file: a reload manages it
+
+	hooks    *hooks          // the --notify program
+	notified nodeset.NodeSet // the numbers served as hooks last heard
+	handoffs atomic.Uint64   // numbers handed to or taken from another node by a release
+}
+
+// servedLocked is what the node answers for now: the numbers held, unless
+// nothing reaches it. Callers hold c.mu.
+func (c *cluster) servedLocked() nodeset.NodeSet {
+	if c.linkProblem != "" {
+		return 0
+	}
+	return c.dp.Nodes()
+}
+
+// servingChangedLocked tells the hooks when the numbers served changed
+// since they last heard. Callers hold c.mu.
+func (c *cluster) servingChangedLocked() {
+	now := c.servedLocked()
+	if now == c.notified {
+		return
+	}
+	c.hooks.serving(c.spec.VIP.String(), c.notified.String(), now.String())
+	c.notified = now
 }
 
 // setLinkProblem records why the cluster's interface cannot carry it (""
@@ -38,6 +65,7 @@ func (c *cluster) setLinkProblem(problem string) {
 	if c.fo != nil {
 		c.fo.linkDown = problem != ""
 	}
+	c.servingChangedLocked()
 	c.mu.Unlock()
 	if changed {
 		if problem != "" {
@@ -66,6 +94,7 @@ func (c *cluster) Contents() []byte {
 func (c *cluster) Write(data []byte) error {
 	cmd, err := nodeset.ParseCommand(data)
 	if err != nil {
+		c.log.Warn("control file: write refused", "data", strings.TrimSpace(string(data)), "reason", err)
 		return controlError(err)
 	}
 	c.mu.Lock()
@@ -75,9 +104,11 @@ func (c *cluster) Write(data []byte) error {
 	}
 	next, err := c.dp.Nodes().Apply(cmd, c.spec.TotalNodes)
 	if err != nil {
+		c.log.Warn("control file: write refused", "command", cmd.String(), "nodes", c.dp.Nodes().String(), "reason", err)
 		return controlError(err)
 	}
 	c.dp.SetNodes(next)
+	c.servingChangedLocked()
 	c.log.Info("control file", "command", cmd.String(), "nodes", next.String())
 	return nil
 }
@@ -94,6 +125,7 @@ func (c *cluster) overrideLocked(cmd nodeset.Command) error {
 	} else {
 		home, err := f.home.Apply(cmd, c.spec.TotalNodes)
 		if err != nil {
+			c.log.Warn("control file: write refused", "command", cmd.String(), "home", f.home.String(), "reason", err)
 			return controlError(err)
 		}
 		f.home = home
@@ -141,7 +173,11 @@ func (c *cluster) startChecks() {
 				c.lastCheck = fmt.Sprintf("unhealthy since %s: %v", time.Now().Format(time.TimeOnly), err)
 			}
 			c.mu.Unlock()
-			c.log.Warn("health check", "healthy", healthy, "err", err)
+			if healthy {
+				c.log.Info("health check passes again; taking the numbers back", "check", c.spec.Check.String())
+			} else {
+				c.log.Warn("health check fails; handing the numbers to the others", "check", c.spec.Check.String(), "err", err)
+			}
 			c.kick()
 		})
 	}()
@@ -154,6 +190,8 @@ func (c *cluster) startChecks() {
 func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
 	out := c.fo.step(stepInput{VIP: c.spec.VIP, Total: c.spec.TotalNodes, Me: me, Members: members, Now: now, Flows: c.dp.Flows()})
 	c.dp.SetPolicy(out.Policy)
+	c.servingChangedLocked()
+	c.handoffs.Add(uint64(len(out.Release)))
 	var releases []release
 	for _, h := range out.Release {
 		// A connectionless flow silent through the whole handoff was
@@ -175,6 +213,9 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 		releases = append(releases, release{to: h.To, msg: msg})
 	}
 	for _, t := range out.Take {
+		if t.Theirs != nil {
+			c.handoffs.Add(1)
+		}
 		if n := c.dp.TakeOver(t.Node, t.Theirs); n > 0 {
 			c.log.Info("answered connections that began during the handoff", "node", t.Node, "packets", n)
 		}
@@ -185,23 +226,59 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 	return out.State, releases
 }
 
-// status describes the cluster; members is the membership view, if any.
-func (c *cluster) status(members []membership.Member) ClusterStatus {
+// status describes the cluster; members is the membership view, if any,
+// and retired the counters of earlier incarnations of its VIP (a reload
+// that recreated it), so that counters never go back.
+func (c *cluster) status(members []membership.Member, retired datapath.Stats) ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.spec
+	serving, home := c.dp.Nodes(), c.dp.Nodes()
+	if c.fo != nil {
+		home = c.fo.home
+	}
+	st := ClusterStatus{
+		VIP: s.VIP.String(), Interface: s.Interface, HashMode: s.Mode.String(), ClusterMAC: s.ClusterMAC.String(),
+		TotalNodes: s.TotalNodes, HashInit: s.HashInit, LocalNodes: numbers(home),
+		Tap: c.dp.TapName(), Members: []MemberStatus{}, Problems: []string{},
+	}
+	if ch := s.Check; ch != nil {
+		st.Check = &CheckStatus{Check: ch.String(), Interval: ch.Interval.String(), Timeout: ch.Timeout.String(),
+			Fall: ch.Fall, Rise: ch.Rise, Healthy: c.fo == nil || !c.fo.unhealthy, Last: c.lastCheck}
+	}
+	if c.linkProblem != "" {
+		serving = 0 // held, but nothing reaches it
+		st.Problems = append(st.Problems, c.linkProblem)
+	}
+	st.Serving = numbers(serving)
+	inKernel, attached := c.dp.KernelPath()
+	st.KernelPath, st.InKernel = attached, numbers(inKernel)
+	stats := c.dp.Stats()
+	stats.Add(retired)
+	st.Packets = PacketCounts{
+		KernelAnswered: stats.KernelTaken, UserAnswered: stats.Owned, UserNotAnswered: stats.NotOwned,
+		Malformed: stats.Malformed, Held: stats.Held, ARPReplies: stats.ARPReplies,
+		FragmentsHeld: stats.HeldFrags, FragmentsDropped: stats.DroppedFrag, TapErrors: stats.TapErrors,
+	}
+	f := c.dp.Flows()
+	st.Flows = FlowCounts{Tracked: f.Tracked, Kept: f.Kept, Foreign: f.Foreign, Untracked: f.Untracked, Evicted: f.Evicted,
+		HeldPackets: f.Held, KeptNumbers: numbers(f.KeptNumbers)}
+	if c.fo != nil {
+		st.Draining = c.fo.draining
+		st.Members = memberStatuses(s.VIP, members)
+	}
+	return st
+}
+
+// savedSpec is the cluster as `save` writes it: with the numbers held now,
+// or with automatic failover the home numbers.
+func (c *cluster) savedSpec() Spec {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.spec
 	s.LocalNodes = c.dp.Nodes()
-	st := ClusterStatus{Serving: c.dp.Nodes(), Tap: c.dp.TapName(), Stats: c.dp.Stats(), Flows: c.dp.Flows(), Health: c.lastCheck}
-	if c.linkProblem != "" {
-		st.Serving = 0 // held, but nothing reaches it
-		st.Problems = append(st.Problems, c.linkProblem)
-	}
-	st.Kernel, st.KernelPath = c.dp.KernelPath()
 	if c.fo != nil {
 		s.LocalNodes = c.fo.home
-		st.Draining = c.fo.draining
-		st.Members = memberStatuses(s.VIP, members)
 	}
-	st.Args = s.Args()
-	return st
+	return s
 }

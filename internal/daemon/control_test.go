@@ -43,7 +43,7 @@ func statusOK(req request, resp *response) error {
 	if req.Op != opStatus {
 		return fmt.Errorf("unknown request %q", req.Op)
 	}
-	resp.Clusters = []ClusterStatus{}
+	resp.Status = &Status{Clusters: []ClusterStatus{}}
 	return nil
 }
 

@@ -10,11 +10,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"slices"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/clusterip/clusterip/internal/buildinfo"
 	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/procfs"
@@ -35,6 +38,13 @@ type Options struct {
 	UserOnly   bool   // answer every packet through user space, never in the kernel path
 	Membership *MembershipOptions
 	Log        *slog.Logger
+	// MetricsAddress serves Prometheus metrics at /metrics on ADDR:PORT;
+	// "" for none.
+	MetricsAddress string
+	// Notify is a program run on every change of the numbers served and
+	// on members going up or down (see hooks); "" for none.
+	Notify        string
+	NotifyTimeout time.Duration
 }
 
 // MembershipOptions turn on heartbeats and automatic failover. Without
@@ -63,10 +73,26 @@ type Daemon struct {
 	ms      *membership.Membership // nil without membership
 	kickCh  chan struct{}
 
+	reloadMu sync.Mutex // one reload at a time
+
 	mu         sync.Mutex
 	clusters   map[netip.Addr]*cluster
 	ifaceUsers map[string]int
 	links      map[string]linkState // interfaces in use, as last seen
+	// retired are the counters of clusters deleted by a reload that
+	// recreated them: counters never go back.
+	retired map[netip.Addr]retiredCounters
+
+	hooks *hooks // the --notify program
+	beats beats  // the loops' last rounds, for the watchdog
+	// live is the set of live members the hooks last heard of, by name.
+	live map[string]string
+}
+
+// retiredCounters are what earlier incarnations of a VIP's cluster counted.
+type retiredCounters struct {
+	stats    datapath.Stats
+	handoffs uint64
 }
 
 // Run starts the daemon and blocks until ctx is done, then removes every
@@ -76,21 +102,17 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	// SIGHUP reloads; until the daemon is ready, it waits (its default
+	// action would kill the daemon without restoring the host).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	opts.Log.Info("clusterip starting", "version", buildinfo.Version())
 	var specs []Spec
 	if opts.ConfigFile != "" {
-		f, err := os.Open(opts.ConfigFile)
-		if err != nil {
-			return fmt.Errorf("config: %w", err)
-		}
-		specs, err = ParseConfig(opts.ConfigFile, f)
-		f.Close()
-		if err != nil {
+		var err error
+		if specs, err = readConfig(opts.ConfigFile, opts.Membership != nil); err != nil {
 			return err
-		}
-		for _, s := range specs {
-			if err := checkHost(s); err != nil {
-				return fmt.Errorf("%s: VIP %s: %w", opts.ConfigFile, s.VIP, err)
-			}
 		}
 	}
 	var msCfg *membership.Config
@@ -101,17 +123,26 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		msCfg = &c
 	}
-	for _, s := range specs {
-		if s.Check != nil && msCfg == nil {
-			return fmt.Errorf("%s: VIP %s: --check needs a daemon with --peers (automatic failover)", opts.ConfigFile, s.VIP)
+	var metricsLn net.Listener
+	if opts.MetricsAddress != "" {
+		var err error
+		if metricsLn, err = net.Listen("tcp", opts.MetricsAddress); err != nil {
+			return fmt.Errorf("--metrics-address: %w", err)
 		}
+		defer metricsLn.Close()
 	}
 	ln, err := listenControlSocket(opts.Socket)
 	if err != nil {
 		return err
 	}
 	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[string]int{},
-		links: map[string]linkState{}, kickCh: make(chan struct{}, 1)}
+		links: map[string]linkState{}, retired: map[netip.Addr]retiredCounters{}, live: map[string]string{}, kickCh: make(chan struct{}, 1)}
+	node := ""
+	if msCfg != nil {
+		node = msCfg.Name
+	}
+	d.hooks = newHooks(opts.Notify, opts.NotifyTimeout, node, d.log)
+	defer d.hooks.close()
 	defer d.shutdown(ln)
 	if d.journal, err = openHostJournal(opts.Socket + ".journal"); err != nil {
 		d.log.Warn("restoring settings left by a previous run", "err", err)
@@ -126,7 +157,7 @@ func Run(ctx context.Context, opts Options) error {
 		d.log.Info("membership started", "name", msCfg.Name, "bind", msCfg.Bind, "port", msCfg.Port, "peers", msCfg.Peers)
 	}
 	for _, s := range specs {
-		if err := d.newCluster(s); err != nil {
+		if err := d.newClusterFrom(s, true); err != nil {
 			return fmt.Errorf("%s: VIP %s: %w", opts.ConfigFile, s.VIP, err)
 		}
 	}
@@ -141,20 +172,34 @@ func Run(ctx context.Context, opts Options) error {
 	go func() { d.watchLinks(loopCtx); close(linksDone) }()
 	defer func() { stopLoop(); <-loopDone; <-linksDone }()
 	go newControlServer(ln, d.do, d.log).serve()
-	d.log.Info("daemon ready", "socket", opts.Socket, "control", opts.ControlDir, "clusters", len(specs))
+	if metricsLn != nil {
+		srv := d.serveMetrics(metricsLn)
+		defer srv.Close()
+	}
+	go d.watchdog(loopCtx)
+	d.log.Info("daemon ready", "socket", opts.Socket, "control", opts.ControlDir, "clusters", len(specs), "metrics", opts.MetricsAddress)
 	sdNotify("READY=1")
 	var fatal <-chan error
 	if d.ms != nil {
 		fatal = d.ms.Fatal()
 	}
-	select {
-	case <-ctx.Done():
-		sdNotify("STOPPING=1")
-		return nil
-	case err := <-fatal:
-		d.log.Error("cannot go on", "err", err)
-		sdNotify("STOPPING=1")
-		return err
+	for {
+		select {
+		case <-ctx.Done():
+			sdNotify("STOPPING=1")
+			return nil
+		case err := <-fatal:
+			d.log.Error("cannot go on", "err", err)
+			sdNotify("STOPPING=1")
+			return err
+		case <-hup:
+			// systemd's reload protocol: RELOADING=1, then READY=1 once
+			// done, whether the file was good or not.
+			sdNotify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicMicros()))
+			d.log.Info("SIGHUP: reloading the config")
+			d.reload()
+			sdNotify("READY=1")
+		}
 	}
 }
 
@@ -204,7 +249,7 @@ func (d *Daemon) do(req request, resp *response) error {
 		if err != nil {
 			return err
 		}
-		return d.newCluster(s)
+		return d.newClusterFrom(s, false)
 	case opDelete:
 		vip, err := netip.ParseAddr(req.VIP)
 		if err != nil {
@@ -212,8 +257,15 @@ func (d *Daemon) do(req request, resp *response) error {
 		}
 		return d.deleteCluster(vip)
 	case opStatus:
-		resp.Clusters = d.status()
+		resp.Status = d.status()
 		return nil
+	case opSave:
+		resp.Text = d.save()
+		return nil
+	case opReload:
+		summary, err := d.reload()
+		resp.Text = summary
+		return err
 	case opDrain, opResume:
 		vip, err := netip.ParseAddr(req.VIP)
 		if err != nil {
@@ -224,31 +276,9 @@ func (d *Daemon) do(req request, resp *response) error {
 	return fmt.Errorf("unknown request %q", req.Op)
 }
 
-// checkHost validates what a Spec needs from this host.
-func checkHost(s Spec) error {
-	ifi, err := net.InterfaceByName(s.Interface)
-	if err != nil {
-		return fmt.Errorf("--interface %s: no such interface", s.Interface)
-	}
-	if ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
-		return fmt.Errorf("--interface %s: not an Ethernet interface", s.Interface)
-	}
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return err
-	}
-	for _, other := range ifaces {
-		addrs, _ := other.Addrs()
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == s.VIP {
-				return fmt.Errorf("--vip %s: already an address of %s; remove it there (the daemon puts the VIP on its own TAP)", s.VIP, other.Name)
-			}
-		}
-	}
-	return nil
-}
-
-func (d *Daemon) newCluster(s Spec) error {
+// newClusterFrom creates a cluster; fromConfig tells whether the config
+// file declares it (a reload then manages it).
+func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.clusters[s.VIP]; ok {
@@ -280,7 +310,7 @@ func (d *Daemon) newCluster(s Spec) error {
 	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig(),
 		Workers: d.opts.Workers, KernelPath: !d.opts.UserOnly}, initial, d.log)
 	if err == nil {
-		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}}
+		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}, fromConfig: fromConfig, hooks: d.hooks}
 		if d.ms != nil {
 			c.fo = newFailover(s.LocalNodes)
 			dp.SetPolicy(datapath.Policy{Track: true})
@@ -289,6 +319,9 @@ func (d *Daemon) newCluster(s Spec) error {
 		if err = d.ctl.Add(s.VIP.String(), c); err == nil {
 			d.kick()
 			d.clusters[s.VIP] = c
+			c.mu.Lock()
+			c.servingChangedLocked()
+			c.mu.Unlock()
 			d.log.Info("cluster created", "vip", s.VIP, "interface", s.Interface, "mode", s.Mode,
 				"total", s.TotalNodes, "nodes", s.LocalNodes.String(), "tap", dp.TapName())
 			return nil
@@ -311,6 +344,9 @@ func (d *Daemon) deleteCluster(vip netip.Addr) error {
 	c.stopChecks()
 	c.mu.Lock() // let a running reconcile finish before the datapath goes
 	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close(), d.releaseInterface(c.spec.Interface))
+	if c.notified != 0 {
+		c.hooks.serving(vip.String(), c.notified.String(), "")
+	}
 	c.mu.Unlock()
 	d.kick()
 	d.log.Info("cluster deleted", "vip", vip)
@@ -329,43 +365,63 @@ func (d *Daemon) releaseInterface(iface string) error {
 	return restoreInterfaceSettings(d.journal, iface)
 }
 
-func (d *Daemon) status() []ClusterStatus {
+func (d *Daemon) status() *Status {
 	var members []membership.Member
+	st := &Status{Schema: StatusSchema, Version: buildinfo.Version(), Problems: []string{}, Clusters: []ClusterStatus{}}
 	if d.ms != nil {
 		members = d.ms.Members()
+		st.Node = d.ms.Name()
+		if c, ok := d.ms.NameConflict(); ok {
+			st.Problems = append(st.Problems, fmt.Sprintf("member name conflict: the node at %s also calls itself %q (last seen %s); it was refused and must get its own --node-name",
+				c.Addr, c.Name, c.At.Format(time.TimeOnly)))
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, vip := range d.vipsLocked() {
+		cs := d.clusters[vip].status(members, d.retired[vip].stats)
+		cs.Problems = slices.Concat(st.Problems, cs.Problems)
+		st.Clusters = append(st.Clusters, cs)
+	}
+	return st
+}
+
+// vipsLocked returns the clusters' VIPs in order. Callers hold d.mu.
+func (d *Daemon) vipsLocked() []netip.Addr {
 	vips := make([]netip.Addr, 0, len(d.clusters))
 	for vip := range d.clusters {
 		vips = append(vips, vip)
 	}
 	sort.Slice(vips, func(i, j int) bool { return vips[i].Less(vips[j]) })
-	var problems []string
-	if d.ms != nil {
-		if c, ok := d.ms.NameConflict(); ok {
-			problems = append(problems, fmt.Sprintf("member name conflict: the node at %s also calls itself %q (last seen %s); it was refused and must get its own --node-name",
-				c.Addr, c.Name, c.At.Format(time.TimeOnly)))
-		}
+	return vips
+}
+
+// save renders the running clusters as a config file.
+func (d *Daemon) save() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	specs := make([]Spec, 0, len(d.clusters))
+	for _, vip := range d.vipsLocked() {
+		specs = append(specs, d.clusters[vip].savedSpec())
 	}
-	out := make([]ClusterStatus, 0, len(vips))
-	for _, vip := range vips {
-		st := d.clusters[vip].status(members)
-		st.Problems = slices.Concat(problems, st.Problems)
-		out = append(out, st)
-	}
-	return out
+	return FormatConfig(specs)
 }
 
 // drain hands this node's numbers of a cluster to the others (or takes them
 // back), keeping the connections it has. With a timeout, connections still
 // open after it are dropped.
-func (d *Daemon) drain(vip netip.Addr, on bool, timeout time.Duration) error {
-	if d.ms == nil {
-		return fmt.Errorf("drain needs a daemon with --peers: without membership no other node would take over")
+//
+// timeout nil keeps the one a drain already in progress has.
+func (d *Daemon) drain(vip netip.Addr, on bool, timeout *time.Duration) error {
+	op := "resume"
+	if on {
+		op = "drain"
 	}
-	if timeout < 0 {
-		return fmt.Errorf("--timeout %s: must not be negative", timeout)
+	if d.ms == nil {
+		return fmt.Errorf("%s needs a daemon with --peers: without membership no other node would take over", op)
+	}
+	if timeout != nil && *timeout < 0 {
+		return fmt.Errorf("--timeout %s: must not be negative", *timeout)
 	}
 	d.mu.Lock()
 	c, ok := d.clusters[vip]
@@ -374,15 +430,46 @@ func (d *Daemon) drain(vip netip.Addr, on bool, timeout time.Duration) error {
 		return fmt.Errorf("VIP %s: no such cluster", vip)
 	}
 	c.mu.Lock()
-	c.fo.draining = on
-	c.fo.drainEnd = time.Time{}
-	if on && timeout > 0 {
-		c.fo.drainEnd = time.Now().Add(timeout)
+	switch {
+	case !on:
+		c.fo.drainEnd = time.Time{}
+	case timeout != nil && *timeout > 0:
+		c.fo.drainEnd = time.Now().Add(*timeout)
+	case timeout != nil || !c.fo.draining:
+		c.fo.drainEnd = time.Time{}
 	}
+	c.fo.draining = on
+	end := c.fo.drainEnd
 	c.mu.Unlock()
-	c.log.Info("drain", "on", on, "timeout", timeout)
+	if on && !end.IsZero() {
+		c.log.Info("drain", "until", end.Format(time.TimeOnly))
+	} else {
+		c.log.Info(op)
+	}
 	d.kick()
 	return nil
+}
+
+// memberHooks tells the hooks which members went up or down since they
+// last heard. Only the failover loop calls it.
+func (d *Daemon) memberHooks(me string, members []membership.Member) {
+	now := map[string]string{}
+	for _, m := range members {
+		if m.Name != me && m.Live() {
+			now[m.Name] = m.Addr
+		}
+	}
+	for name, addr := range now {
+		if _, ok := d.live[name]; !ok {
+			d.hooks.member(true, name, addr)
+		}
+	}
+	for name, addr := range d.live {
+		if _, ok := now[name]; !ok {
+			d.hooks.member(false, name, addr)
+		}
+	}
+	d.live = now
 }
 
 // kick asks the failover loop to reconcile now.
@@ -401,6 +488,7 @@ func (d *Daemon) failoverLoop(ctx context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		d.beats.failover.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return
@@ -440,6 +528,7 @@ func (d *Daemon) released(msg []byte) {
 func (d *Daemon) reconcileAll(ready bool) {
 	me := d.ms.Name()
 	members := d.ms.Members()
+	d.memberHooks(me, members)
 	for _, m := range members {
 		if m.Name != me && m.Live() && m.Pending {
 			ready = false

@@ -361,37 +361,25 @@ func parseReleaseMessage(b []byte) (releaseMsg, error) {
 	return r, nil
 }
 
-// MemberStatus is one member as `clusterctl status` shows it.
-type MemberStatus struct {
-	Name     string          `json:"name"`
-	Addr     string          `json:"addr"`
-	State    string          `json:"state"` // alive, suspect, dead, left, draining, unhealthy
-	Serving  nodeset.NodeSet `json:"serving"`
-	Leaving  nodeset.NodeSet `json:"leaving"`
-	Kept     nodeset.NodeSet `json:"kept"`
-	Home     nodeset.NodeSet `json:"home"`
-	Draining bool            `json:"draining,omitempty"`
-	Sick     bool            `json:"unhealthy,omitempty"`
-}
-
-// memberStatuses is the membership view of one cluster.
+// memberStatuses is the membership view of one cluster: every member that
+// has it, and those that are gone (for as long as membership remembers them).
 func memberStatuses(vip netip.Addr, members []membership.Member) []MemberStatus {
-	var out []MemberStatus
+	out := []MemberStatus{}
 	for _, m := range members {
-		ms := MemberStatus{Name: m.Name, Addr: m.Addr, State: m.State}
-		if st, ok := m.Cluster(vip); ok {
-			ms.Serving, ms.Leaving, ms.Kept, ms.Home = st.Serving, st.Leaving, st.Kept, st.Home
-			ms.Draining, ms.Sick = st.Draining, st.Unhealthy
-			if m.Live() {
-				switch {
-				case st.Draining:
-					ms.State = "draining"
-				case st.Unhealthy:
-					ms.State = "unhealthy"
-				}
-			}
-		} else if m.Live() {
+		var st membership.ClusterState
+		has := false
+		if st, has = m.Cluster(vip); !has && m.Live() {
 			continue // a member without this cluster
+		}
+		ms := MemberStatus{Name: m.Name, Addr: m.Addr, State: m.State,
+			Home: numbers(st.Home), Serving: numbers(st.Serving), HandingOff: numbers(st.Leaving), KeepsFlows: numbers(st.Kept)}
+		if m.Live() {
+			switch {
+			case st.Draining:
+				ms.State = "draining"
+			case st.Unhealthy:
+				ms.State = "unhealthy"
+			}
 		}
 		out = append(out, ms)
 	}

@@ -59,6 +59,7 @@ func (d *Daemon) watchLinks(ctx context.Context) {
 	tick := time.NewTicker(linkCheckInterval)
 	defer tick.Stop()
 	for {
+		d.beats.links.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return

@@ -41,6 +41,19 @@ type Stats struct {
 	TapErrors   uint64
 }
 
+// Add adds o's counters to s.
+func (s *Stats) Add(o Stats) {
+	s.Owned += o.Owned
+	s.KernelTaken += o.KernelTaken
+	s.NotOwned += o.NotOwned
+	s.Held += o.Held
+	s.Malformed += o.Malformed
+	s.ARPReplies += o.ARPReplies
+	s.HeldFrags += o.HeldFrags
+	s.DroppedFrag += o.DroppedFrag
+	s.TapErrors += o.TapErrors
+}
+
 // Policy is what this node answers for, swapped whole so that each packet
 // sees one consistent version.
 type Policy struct {
@@ -377,6 +390,24 @@ func (d *Datapath) setKernel(set nodeset.NodeSet, protos kernelProtos) {
 		d.kernel.close()
 		d.kernel = nil
 	}
+}
+
+// Stalled names a reader that has not come round its loop for longer than
+// maxAge (readers do at least every readTimeout, frames or not), or
+// returns "" when every one has.
+func (d *Datapath) Stalled(maxAge time.Duration) string {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if d.att == nil {
+		return ""
+	}
+	now := time.Now().UnixNano()
+	for i, w := range d.att.readers() {
+		if beat := w.beat.Load(); beat != 0 && now-beat > int64(maxAge) {
+			return fmt.Sprintf("VIP %s: reader %d of %s silent for %s", d.cfg.VIP, i, d.cfg.Interface, time.Duration(now-beat).Round(time.Millisecond))
+		}
+	}
+	return ""
 }
 
 // KernelPath returns the numbers the kernel path takes now, and whether it

@@ -22,6 +22,7 @@ const maxARPFrame = 9216
 type worker struct {
 	d     *Datapath
 	att   *attachment
+	beat  atomic.Int64 // when the reader last came round its loop (Unix ns)
 	sock  *captureSocket
 	tap   int
 	frags *fragTable
@@ -65,6 +66,9 @@ func (w *worker) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for !w.att.stop.Load() {
+		// The read times out every readTimeout: a reader that does not
+		// come round for much longer is stuck (see Datapath.Stalled).
+		w.beat.Store(time.Now().UnixNano())
 		n, err := w.batch.recv(w.sock.fd)
 		switch err {
 		case nil:

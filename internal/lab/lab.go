@@ -274,9 +274,16 @@ func (l *Lab) Run(h *Host, name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Clusterctl runs the lab's clusterctl against h's daemon.
+// Clusterctl runs the lab's clusterctl against h's daemon (its socket in
+// CLUSTERIP_SOCKET, which every command that talks to a daemon reads).
 func (l *Lab) Clusterctl(h *Host, args ...string) (string, error) {
-	return l.Run(h, l.Exe, append([]string{"--socket", l.Socket(h)}, args...)...)
+	cmd := l.Command(h, l.Exe, args...)
+	cmd.Env = append(os.Environ(), "CLUSTERIP_SOCKET="+l.Socket(h))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("clusterctl %s in %s: %v: %s", strings.Join(args, " "), h.Name, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
 }
 
 // Start starts a background process in h's namespace; Close stops it.

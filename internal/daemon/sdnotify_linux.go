@@ -3,6 +3,8 @@ package daemon
 import (
 	"net"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // sdNotify tells systemd (Type=notify) about the daemon's state. Outside
@@ -21,4 +23,12 @@ func sdNotify(state string) {
 	}
 	defer conn.Close()
 	conn.Write([]byte(state))
+}
+
+// monotonicMicros is CLOCK_MONOTONIC in microseconds, as systemd's
+// RELOADING=1 wants it.
+func monotonicMicros() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano() / 1000
 }

@@ -1,0 +1,454 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/buildinfo"
+	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/lab"
+	"github.com/clusterip/clusterip/internal/membership"
+	"github.com/spf13/cobra"
+)
+
+// Root is the clusterctl command tree: the CLI, the daemon and the demo.
+func Root() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "clusterctl",
+		Short:         "A userspace CLUSTERIP: many nodes share one IP, a hash picks who answers",
+		Version:       buildinfo.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetVersionTemplate("clusterctl {{.Version}}\n")
+	root.AddCommand(
+		daemonCommand(),
+		newCommand(),
+		deleteCommand(),
+		statusCommand(),
+		saveCommand(),
+		reloadCommand(),
+		checkCommand(),
+		drainCommand(),
+		resumeCommand(),
+		hashCommand(),
+		genkeyCommand(),
+		versionCommand(),
+		demoCommand(),
+	)
+	return root
+}
+
+// socketFlag adds --socket to a command that talks to the daemon (or is
+// the daemon) and returns the client for it.
+func socketFlag(cmd *cobra.Command) func() daemon.Client {
+	socket := os.Getenv("CLUSTERIP_SOCKET")
+	if socket == "" {
+		socket = daemon.DefaultSocket
+	}
+	cmd.Flags().StringVar(&socket, "socket", socket, "daemon control socket (env CLUSTERIP_SOCKET)")
+	return func() daemon.Client { return daemon.Client{Socket: socket} }
+}
+
+func daemonCommand() *cobra.Command {
+	var controlDir, config, bind, logFormat string
+	var m daemon.MembershipOptions
+	var debug bool
+	var workers int
+	var dpMode string
+	var opts daemon.Options
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the daemon in the foreground (systemd runs it)",
+		Long: `Run the daemon in the foreground (systemd runs it). It serves any number of clusters,
+created from --config at start and with "clusterctl new" at run time, and stops on SIGTERM or
+SIGINT, restoring the host. SIGHUP (or "clusterctl reload") re-reads --config.`,
+		Args: cobra.NoArgs,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if workers < 0 || workers > 256 {
+			return fmt.Errorf("--workers %d: want 0 (one per CPU)..256", workers)
+		}
+		if dpMode != "auto" && dpMode != "user" {
+			return fmt.Errorf("--datapath %q: want auto or user", dpMode)
+		}
+		if opts.NotifyTimeout <= 0 {
+			return fmt.Errorf("--notify-timeout %s: must be positive", opts.NotifyTimeout)
+		}
+		log, err := newLogger(logFormat, debug, os.Stderr)
+		if err != nil {
+			return err
+		}
+		opts.ControlDir, opts.Socket, opts.ConfigFile = controlDir, client().Socket, config
+		opts.Workers, opts.UserOnly, opts.Log = workers, dpMode == "user", log
+		if cmd.Flags().Changed("peers") {
+			if bind != "" {
+				b, err := netip.ParseAddr(bind)
+				if err != nil || !b.Is4() {
+					return fmt.Errorf("--bind %q: not an IPv4 address", bind)
+				}
+				m.Bind = b
+			}
+			opts.Membership = &m
+		} else {
+			for _, f := range []string{"bind", "gossip-port", "gossip-key", "gossip-insecure", "node-name", "alone-after"} {
+				if cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s needs --peers", f)
+				}
+			}
+		}
+		if path := os.Getenv("CLUSTERIP_CPUPROFILE"); path != "" {
+			// For profiling the datapath; written when the daemon stops.
+			f, err := os.Create(path)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		return daemon.Run(ctx, opts)
+	}
+	f := cmd.Flags()
+	f.StringVar(&controlDir, "control-dir", daemon.DefaultControlDir, "directory of the control files (one per VIP)")
+	f.StringVar(&dpMode, "datapath", "auto", "auto: the kernel answers settled connections itself (eBPF on TCX, Linux 6.6+), user space the rest; user: every packet through user space")
+	f.StringVar(&config, "config", "", "create the clusters this file declares at start, and again on reload (see clusterctl save)")
+	f.StringSliceVar(&m.Peers, "peers", nil, "turn on heartbeats and automatic failover, joining these nodes (ADDR[:PORT],...; may include this node)")
+	f.StringVar(&bind, "bind", "", "address to gossip on (default: this host's address towards the first peer)")
+	f.IntVar(&m.Port, "gossip-port", 7946, "gossip port, TCP and UDP")
+	f.StringVar(&m.KeyFile, "gossip-key", "", "file holding the shared gossip key, mode 0600 (clusterctl genkey FILE)")
+	f.BoolVar(&m.Insecure, "gossip-insecure", false, "gossip without encryption or authentication")
+	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership (default: the host name)")
+	f.DurationVar(&m.AloneAfter, "alone-after", 0, "serve every number alone if no peer was met within this time (0: never; a node that met no peer serves nothing)")
+	f.BoolVar(&debug, "debug", false, "log at debug level (includes memberlist's probes)")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.IntVar(&workers, "workers", 0, "datapath readers per cluster, each with its own socket and TAP queue (0: one per CPU)")
+	f.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on ADDR:PORT at /metrics (off by default; 9787 is the documented port)")
+	f.StringVar(&opts.Notify, "notify", "", "run this program when the numbers served for a VIP change, and when a member goes up or down (see README, Hooks)")
+	f.DurationVar(&opts.NotifyTimeout, "notify-timeout", 10*time.Second, "kill a --notify program still running after this long")
+	cmd.RegisterFlagCompletionFunc("datapath", fixedCompletions("auto", "user"))
+	cmd.RegisterFlagCompletionFunc("log-format", fixedCompletions("text", "json"))
+	return cmd
+}
+
+func drainCommand() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:               "drain VIP",
+		Short:             "Hand this node's numbers to the others, keeping its open connections until they end",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: vipCompletions,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := checkVIP(args[0]); err != nil {
+			return err
+		}
+		var t *time.Duration
+		if cmd.Flags().Changed("timeout") {
+			t = &timeout
+		}
+		return client().Drain(args[0], t)
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "drop connections still open after this long (0: wait until they end; left out, a drain in progress keeps its own)")
+	return cmd
+}
+
+func resumeCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "resume VIP",
+		Short:             "Take a drained node's numbers back",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: vipCompletions,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(_ *cobra.Command, args []string) error {
+		if err := checkVIP(args[0]); err != nil {
+			return err
+		}
+		return client().Resume(args[0])
+	}
+	return cmd
+}
+
+func genkeyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "genkey FILE",
+		Short: "Write a new gossip key to FILE, mode 0600 (copy the same file to every node); - prints it",
+		Long: `Write a new gossip key to FILE, readable by its owner only. The daemon refuses a
+key file that group or others can read or write: whoever can read it can join the gossip and
+take node numbers away from real nodes. FILE "-" prints the key to standard output instead, for
+piping to a secret store.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "-" {
+				k, err := membership.GenerateKey()
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), k)
+				return err
+			}
+			return membership.WriteKeyFile(args[0])
+		},
+	}
+}
+
+func newCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "new --vip IP --interface IFACE --hashmode MODE --total-nodes N --local-node K [flags]",
+		Short: "Create a cluster (iptables ... -j CLUSTERIP --new)",
+		Args:  cobra.NoArgs,
+	}
+	build := daemon.SpecFlags(cmd.Flags())
+	client := socketFlag(cmd)
+	cmd.RunE = func(*cobra.Command, []string) error {
+		spec, err := build()
+		if err != nil {
+			return err
+		}
+		return client().New(spec)
+	}
+	cmd.RegisterFlagCompletionFunc("hashmode", fixedCompletions(hashModes()...))
+	return cmd
+}
+
+func deleteCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "delete VIP",
+		Short:             "Remove a cluster",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: vipCompletions,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(_ *cobra.Command, args []string) error {
+		if err := checkVIP(args[0]); err != nil {
+			return err
+		}
+		return client().Delete(args[0])
+	}
+	return cmd
+}
+
+func statusCommand() *cobra.Command {
+	var asJSON bool
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "List the clusters: what each serves, how, and what it answered",
+		Long: `List the clusters: what each serves, how, and what it answered. The table fits 100
+columns; -o wide adds the rest. --json prints the status document, whose schema is stable and
+documented in the README.`,
+		Args: cobra.NoArgs,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if output != "" && output != "wide" {
+			return fmt.Errorf("-o %q: want wide", output)
+		}
+		st, err := client().Status()
+		if err != nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		if asJSON {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		return printStatus(out, st, output == "wide")
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status document as JSON")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "wide: every column")
+	cmd.RegisterFlagCompletionFunc("output", fixedCompletions("wide"))
+	return cmd
+}
+
+func saveCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "save",
+		Short: "Print the running clusters as a config file (clusterctl save > FILE)",
+		Args:  cobra.NoArgs,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		text, err := client().Save()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprint(cmd.OutOrStdout(), text)
+		return err
+	}
+	return cmd
+}
+
+func reloadCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Have the daemon re-read its --config and apply the difference (as SIGHUP does)",
+		Long: `Have the daemon re-read its --config and apply the difference, as SIGHUP does: clusters
+added to the file are created, those removed deleted, a changed node set moves numbers (through
+handoffs, with --peers), and any other change recreates the cluster. A file with an error changes
+nothing, and the error is printed here.`,
+		Args: cobra.NoArgs,
+	}
+	client := socketFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		summary, err := client().Reload()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(cmd.OutOrStdout(), summary)
+		return err
+	}
+	return cmd
+}
+
+func checkCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check FILE",
+		Short: "Validate a config file without touching the host (exit 0 if the daemon would load it)",
+		Long: `Validate a config file as the daemon would load it: its grammar, every value, that the
+interfaces exist and are Ethernet, that no VIP is declared twice or is already an address of this
+host. Nothing on the host changes. Exit status 0 when the file is good, 1 otherwise, with one line
+per problem.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			specs, err := daemon.CheckConfig(args[0])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: %d clusters, OK\n", args[0], len(specs))
+			return err
+		},
+	}
+}
+
+func versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), "clusterctl", buildinfo.String())
+			return err
+		},
+	}
+}
+
+func hashCommand() *cobra.Command {
+	var mode string
+	var total, seed uint32
+	cmd := &cobra.Command{
+		Use:   "hash --hashmode MODE --total-nodes N [--hash-init SEED] SRC_IP [SRC_PORT [DST_PORT]]",
+		Short: "Print the node that owns a packet, as the kernel's CLUSTERIP would pick it",
+		Args:  cobra.RangeArgs(1, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := hash.ParseMode(mode)
+			if err != nil {
+				return fmt.Errorf("--hashmode: %w", err)
+			}
+			cfg := hash.Config{Mode: m, TotalNodes: total, Seed: seed}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			src, err := netip.ParseAddr(args[0])
+			if err != nil || !src.Is4() {
+				return fmt.Errorf("SRC_IP %q: not an IPv4 address", args[0])
+			}
+			switch {
+			case m == hash.SourceIPSourcePort && len(args) < 2:
+				return fmt.Errorf("--hashmode %s hashes the source port: give SRC_PORT", m)
+			case m == hash.SourceIPSourcePortDestPort && len(args) < 3:
+				return fmt.Errorf("--hashmode %s hashes both ports: give SRC_PORT and DST_PORT", m)
+			}
+			var ports [2]uint16
+			for i, a := range args[1:] {
+				p, err := strconv.ParseUint(a, 10, 16)
+				if err != nil {
+					return fmt.Errorf("port %q: not a number 0..65535", a)
+				}
+				ports[i] = uint16(p)
+			}
+			node, err := cfg.NodeForPorts(src, ports[0], ports[1])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), node)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&mode, "hashmode", "", "sourceip, sourceip-sourceport or sourceip-sourceport-destport")
+	cmd.Flags().Uint32Var(&total, "total-nodes", 0, "number of nodes")
+	cmd.Flags().Uint32Var(&seed, "hash-init", 0, "hash seed")
+	cmd.MarkFlagRequired("hashmode")
+	cmd.MarkFlagRequired("total-nodes")
+	cmd.RegisterFlagCompletionFunc("hashmode", fixedCompletions(hashModes()...))
+	return cmd
+}
+
+func demoCommand() *cobra.Command {
+	var conns int
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Build a throw-away lab (a client and three nodes in network namespaces) and show the cluster at work",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return lab.Demo(ctx, cmd.OutOrStdout(), conns)
+		},
+	}
+	cmd.Flags().IntVar(&conns, "connections", 300, "connections the client opens in each round")
+	return cmd
+}
+
+// checkVIP refuses a VIP argument that is not an IPv4 address before the
+// daemon is asked anything.
+func checkVIP(s string) error {
+	if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
+		return fmt.Errorf("VIP %q: not an IPv4 address", s)
+	}
+	return nil
+}
+
+func hashModes() []string {
+	return []string{hash.SourceIP.String(), hash.SourceIPSourcePort.String(), hash.SourceIPSourcePortDestPort.String()}
+}
+
+// fixedCompletions completes a flag from a fixed list.
+func fixedCompletions(values ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return values, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// vipCompletions completes a VIP argument from the running daemon.
+func vipCompletions(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	socket, _ := cmd.Flags().GetString("socket")
+	st, err := daemon.Client{Socket: socket}.Status()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var vips []string
+	for _, c := range st.Clusters {
+		vips = append(vips, c.VIP)
+	}
+	return vips, cobra.ShellCompDirectiveNoFileComp
+}
