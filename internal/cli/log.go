@@ -51,4 +51,3 @@ func underJournal(w *os.File) bool {
 	}
 	return strconv.FormatUint(uint64(st.Dev), 10) == dev && strconv.FormatUint(st.Ino, 10) == ino
 }
-

@@ -65,10 +65,10 @@ type ClusterStatus struct {
 	Check      *CheckStatus `json:"check"`       // null without a health check
 
 	// What it does now.
-	Serving    []int `json:"serving"`     // numbers whose new connections it answers
-	KernelPath bool  `json:"kernel_path"` // the eBPF kernel path is attached
-	InKernel   []int `json:"in_kernel"`   // numbers the kernel path answers by itself
-	Draining   bool  `json:"draining"`
+	Serving    []int  `json:"serving"`     // numbers whose new connections it answers
+	KernelPath bool   `json:"kernel_path"` // the eBPF kernel path is attached
+	InKernel   []int  `json:"in_kernel"`   // numbers the kernel path answers by itself
+	Draining   bool   `json:"draining"`
 	Tap        string `json:"tap"`
 
 	Packets PacketCounts   `json:"packets"`
