@@ -21,7 +21,14 @@ import (
 // others with a shared gossip key. extra is added to every `new`.
 func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *cluster {
 	t.Helper()
-	c := &cluster{Lab: newLab(t, nodes, false), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
+	return newFailoverClusterWith(t, nodes, mode, nil, extra...)
+}
+
+// newFailoverClusterWith is newFailoverCluster with daemonArgs added to
+// every daemon's command line.
+func newFailoverClusterWith(t *testing.T, nodes int, mode string, daemonArgs []string, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{Lab: newLab(t, nodes, false), t: t, mode: mode, daemons: map[string]*lab.Proc{}, daemonArgs: daemonArgs}
 	key := filepath.Join(c.Dir, "gossip.key")
 	if out, err := exec.Command(clusterctl, "genkey", key).CombinedOutput(); err != nil {
 		t.Fatalf("genkey: %v %s", err, out)
@@ -61,7 +68,7 @@ func (c *cluster) startFailoverDaemon(h *lab.Host, key string, k int, extra ...s
 	if err := os.WriteFile(conf, []byte(line), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
-	p, err := c.StartDaemon(h, "--config", conf, "--peers", c.peers(), "--gossip-key", key, "--node-name", h.Name)
+	p, err := c.StartDaemon(h, append([]string{"--config", conf, "--peers", c.peers(), "--gossip-key", key, "--node-name", h.Name}, c.daemonArgs...)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -94,9 +94,10 @@ func newLab(t *testing.T, n int, router bool) *lab.Lab {
 // server; node k holds node number k.
 type cluster struct {
 	*lab.Lab
-	t       *testing.T
-	mode    string
-	daemons map[string]*lab.Proc
+	t          *testing.T
+	mode       string
+	daemons    map[string]*lab.Proc
+	daemonArgs []string // added to every failover daemon's command line
 }
 
 func newCluster(t *testing.T, nodes int, mode string, router bool, daemonArgs ...string) *cluster {

@@ -69,6 +69,7 @@ type ClusterStatus struct {
 	KernelPath bool   `json:"kernel_path"` // the eBPF kernel path is attached
 	InKernel   []int  `json:"in_kernel"`   // numbers the kernel path answers by itself
 	Draining   bool   `json:"draining"`
+	DrainUntil string `json:"drain_until"` // RFC 3339, "" for a drain without --timeout
 	Tap        string `json:"tap"`
 
 	Packets PacketCounts   `json:"packets"`

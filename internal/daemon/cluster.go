@@ -265,6 +265,9 @@ func (c *cluster) status(members []membership.Member, retired datapath.Stats) Cl
 		HeldPackets: f.Held, KeptNumbers: numbers(f.KeptNumbers)}
 	if c.fo != nil {
 		st.Draining = c.fo.draining
+		if c.fo.draining && !c.fo.drainEnd.IsZero() {
+			st.DrainUntil = c.fo.drainEnd.Format(time.RFC3339)
+		}
 		st.Members = memberStatuses(s.VIP, members)
 	}
 	return st

@@ -380,7 +380,7 @@ func (d *Daemon) status() *Status {
 	defer d.mu.Unlock()
 	for _, vip := range d.vipsLocked() {
 		cs := d.clusters[vip].status(members, d.retired[vip].stats)
-		cs.Problems = slices.Concat(st.Problems, cs.Problems)
+		cs.Problems = append(slices.Clone(st.Problems), cs.Problems...)
 		st.Clusters = append(st.Clusters, cs)
 	}
 	return st

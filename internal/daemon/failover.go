@@ -45,6 +45,11 @@ type failover struct {
 	serving    nodeset.NodeSet
 	leaving    map[int]time.Time // numbers being handed off, since when
 	releasedAt map[int]time.Time // numbers this node released, until a flow sweep has counted them
+	// releasedTo is who each number just released went to, until gossip
+	// shows that node serving it: until then this node must count it as
+	// served there (it may be, the gossip saying so on its way), not take
+	// it back on the strength of stale news.
+	releasedTo map[int]releaseTarget
 	observing  nodeset.NodeSet
 	holding    nodeset.NodeSet                // numbers whose new connections were held in the last step
 	awaiting   map[int]time.Time              // let go by gossip, release message not here yet, since when
@@ -56,6 +61,11 @@ type releaseKey struct {
 	node int
 }
 
+type releaseTarget struct {
+	to string
+	at time.Time
+}
+
 // receivedRelease is another node's release of a number, as its message
 // said: when it came, and the flows the sender keeps (nil if its list was
 // incomplete).
@@ -65,8 +75,8 @@ type receivedRelease struct {
 }
 
 func newFailover(home nodeset.NodeSet) *failover {
-	return &failover{home: home, leaving: map[int]time.Time{}, releasedAt: map[int]time.Time{}, awaiting: map[int]time.Time{},
-		released: map[releaseKey]receivedRelease{}}
+	return &failover{home: home, leaving: map[int]time.Time{}, releasedAt: map[int]time.Time{}, releasedTo: map[int]releaseTarget{},
+		awaiting: map[int]time.Time{}, released: map[releaseKey]receivedRelease{}}
 }
 
 // localState is what this node says about the cluster before reconciling:
@@ -177,6 +187,18 @@ func (f *failover) step(in stepInput) stepOutput {
 			delete(f.released, k)
 		}
 	}
+	// A number this node just released is served by its receiver as far
+	// as this node knows, until gossip says so (then the above has it),
+	// the receiver dies, or releaseHold passes without it ever serving it.
+	for k, rt := range f.releasedTo {
+		st, live := memberCluster(in.Members, rt.to, in.VIP)
+		if !live || st.Serving.Contains(k) || in.Now.Sub(rt.at) >= releaseHold {
+			delete(f.releasedTo, k)
+			continue
+		}
+		othersServing = othersServing.Add(k)
+		othersHold = othersHold.Add(k)
+	}
 
 	for _, k := range f.serving.Nodes() {
 		if want.Contains(k) {
@@ -193,6 +215,9 @@ func (f *failover) step(in stepInput) stepOutput {
 			f.serving = f.serving.Remove(k)
 			delete(f.leaving, k)
 			f.releasedAt[k] = in.Now
+			if assigned[k] != "" {
+				f.releasedTo[k] = releaseTarget{to: assigned[k], at: in.Now}
+			}
 			out.Release = append(out.Release, handoff{Node: k, To: assigned[k], Since: since})
 			out.Events = append(out.Events, fmt.Sprintf("released %d to %s", k, assigned[k]))
 		}
@@ -252,6 +277,16 @@ func (f *failover) step(in stepInput) stepOutput {
 		DropKept: f.draining && !f.drainEnd.IsZero() && in.Now.After(f.drainEnd),
 	}
 	return out
+}
+
+// memberCluster returns a live member's state for vip.
+func memberCluster(members []membership.Member, name string, vip netip.Addr) (membership.ClusterState, bool) {
+	for _, m := range members {
+		if m.Name == name && m.Live() {
+			return m.Cluster(vip)
+		}
+	}
+	return membership.ClusterState{}, false
 }
 
 // awaitRelease tells whether the node still waits for the release of k,

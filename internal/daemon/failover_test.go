@@ -25,6 +25,9 @@ type simNode struct {
 	f    *failover
 	up   bool
 	pub  membership.ClusterState // what it gossiped last
+	// seen are its published states, newest last: with gossip lag the
+	// others see an older one.
+	seen []membership.ClusterState
 	out  stepOutput
 	// inbox holds release messages on their way to it.
 	inbox []releaseMsg
@@ -42,8 +45,9 @@ type sim struct {
 	// twice allows a number to be served by two nodes (a partition).
 	twice bool
 	// Release messages arrive late (after the gossip, lateBy ticks) or
-	// are lost.
+	// are lost; gossip reaches the others lag ticks late.
 	lateBy int
+	lag    int
 	lose   bool
 	late   []lateRelease
 }
@@ -93,7 +97,11 @@ func (s *sim) members(viewer *simNode) []membership.Member {
 		case !n.up || s.cut[[2]string{viewer.name, n.name}]:
 			m.State = "dead"
 		default:
-			m.Clusters = []membership.ClusterState{n.pub}
+			st := n.pub
+			if i := len(n.seen) - 1 - s.lag; s.lag > 0 && i >= 0 {
+				st = n.seen[i]
+			}
+			m.Clusters = []membership.ClusterState{st}
 		}
 		out = append(out, m)
 	}
@@ -125,6 +133,7 @@ func (s *sim) tick() {
 		flows := datapath.FlowStats{SweptAt: s.now}
 		n.out = n.f.step(stepInput{VIP: simVIP, Total: s.total, Me: n.name, Members: s.members(n), Now: s.now, Flows: flows})
 		n.pub = n.out.State
+		n.seen = append(n.seen, n.pub)
 		n.took = append(n.took, n.out.Take...)
 		n.holds |= n.out.Policy.Hold
 		if n.out.Policy.Hold&^n.out.Policy.Observe != 0 {
@@ -378,6 +387,22 @@ func TestFailoverStepWaitsForRelease(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A node that released a number and is told to take it back at once (a
+// drain, then a resume, before gossip shows the receiver serving it) must
+// not take it while the receiver may already serve it: it waits for the
+// receiver to hand it back.
+func TestFailoverStepReleasedNumberNotTakenBackBlindly(t *testing.T) {
+	s := settled(t)
+	s.lag = 2 // gossip slower than the release message
+	n1 := s.node("n1")
+	n1.f.draining = true
+	for len(n1.out.Release) == 0 {
+		s.tick()
+	}
+	n1.f.draining = false // resume, within the same instant
+	s.runUntil("n1=1 n2=2 n3=3", 5*time.Second)
 }
 
 // The receiver holds new connections only once the other node is handing

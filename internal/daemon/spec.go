@@ -220,8 +220,8 @@ func ParseConfig(name string, r io.Reader) ([]Spec, error) {
 		if err != nil {
 			return nil, lineErr(err)
 		}
-		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
-			continue
+		if len(fields) == 0 {
+			continue // blank, or only a comment
 		}
 		if fields[0] != "new" {
 			return nil, lineErr(fmt.Errorf("expected \"new --vip ...\", got %q", fields[0]))
@@ -301,7 +301,8 @@ func ansiQuote(s string) string {
 // single quotes keep everything literally, double quotes too except for
 // backslash escapes, $'...' decodes bash's ANSI-C escapes, and a backslash
 // outside quotes escapes one character. A carriage return outside quotes is
-// white space, so files with CRLF line ends read as intended.
+// white space, so files with CRLF line ends read as intended. A # that
+// starts a word outside quotes starts a comment, as in a shell.
 func splitQuoted(line string) ([]string, error) {
 	var words []string
 	var cur strings.Builder
@@ -309,6 +310,8 @@ func splitQuoted(line string) ([]string, error) {
 	for i := 0; i < len(line); i++ {
 		ch := line[i]
 		switch {
+		case ch == '#' && !inWord:
+			i = len(line) // the rest of the line is a comment
 		case ch == ' ' || ch == '\t' || ch == '\r':
 			if inWord {
 				words = append(words, cur.String())

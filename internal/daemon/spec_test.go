@@ -235,6 +235,21 @@ func TestArgsRoundTrip(t *testing.T) {
 	}
 }
 
+// A # that starts a word starts a comment, as in a shell; one inside a
+// word or quotes is data.
+func TestParseConfigTrailingComment(t *testing.T) {
+	text := "new " + strings.Join(baseArgs, " ") + " --local-node 1   # the web VIP\n" +
+		"new --vip 192.0.2.11 --interface eth0 --hashmode sourceip --total-nodes 2 --check 'exec:test -f /run/#ok' #note\n" +
+		"   # an indented comment\n"
+	specs, err := daemon.ParseConfig("c.conf", strings.NewReader(text))
+	if err != nil || len(specs) != 2 {
+		t.Fatalf("ParseConfig = %v, %v", specs, err)
+	}
+	if specs[0].LocalNodes != nodes(1) || specs[1].Check == nil || specs[1].Check.Target != "test -f /run/#ok" {
+		t.Fatalf("specs %+v, check %+v", specs[0], specs[1].Check)
+	}
+}
+
 func TestParseConfig(t *testing.T) {
 	const good = `# clusters
 new --vip 192.0.2.10 --interface eth0 --hashmode sourceip --total-nodes 2 --local-node 1
@@ -306,11 +321,6 @@ func TestParseConfigErrors(t *testing.T) {
 			name:   "duplicate VIP",
 			config: "#\n" + line + line,
 			want:   "test.conf:3: VIP 192.0.2.10 already declared on line 2",
-		},
-		{
-			name:   "trailing comment on a line",
-			config: strings.TrimSuffix(line, "\n") + " # note\n",
-			want:   `test.conf:1: unexpected argument "#"`,
 		},
 		{
 			name:   "CRLF line numbers",
