@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -467,4 +468,58 @@ func TestVersion(t *testing.T) {
 	if err1 != nil || err2 != nil || string(a) != string(b) || !strings.HasPrefix(string(a), "clusterctl ") || !strings.Contains(string(a), runtime.Version()) {
 		t.Errorf("version %q %v, --version %q %v", a, err1, b, err2)
 	}
+}
+
+// The daemon does its whole job with only the capabilities the systemd unit
+// leaves it (CapabilityBoundingSet=) and no new privileges, and stops
+// leaving the host as it found it.
+func TestDaemonWithUnitCapabilities(t *testing.T) {
+	unit, err := os.ReadFile("../dist/clusterip.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^CapabilityBoundingSet=(.*)$`).FindSubmatch(unit)
+	if m == nil {
+		t.Fatal("the unit has no CapabilityBoundingSet=")
+	}
+	set := "-all"
+	for _, c := range strings.Fields(string(m[1])) {
+		set += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+	}
+	l := newLab(t, 1, false)
+	h := l.Nodes[0]
+	before := readHost(t, l, h)
+	wrapper := filepath.Join(l.Dir, "clusterctl-unit")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec setpriv --no-new-privs --inh-caps=-all --bounding-set="+set+" "+clusterctl+` "$@"`+"\n"), 0o755)
+	l.Exe = wrapper
+	c := &cluster{Lab: l, t: t, daemons: map[string]*lab.Proc{}}
+	if _, err := c.StartServer(h, "--tcp", ":80", "--udp", ":7"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.StartDaemon(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	if !strings.Contains(string(proc), "NoNewPrivs:\t1") {
+		t.Errorf("the daemon runs without no_new_privs")
+	}
+	t.Logf("daemon's capabilities: %v", regexp.MustCompile(`(?m)^Cap(Eff|Bnd):.*$`).FindAllString(string(proc), -1))
+	c.ctl(h, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", "sourceip", "--total-nodes", "1", "--local-node", "1")
+	if err := c.WaitListening(h, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitServing(context.Background()); err != nil {
+		t.Fatalf("not serving with the unit's capabilities: %v\n%s", err, l.Log("daemon-n1"))
+	}
+	if st := status(t, c, h)[0]; !st.KernelPath {
+		t.Errorf("kernel path not attached with the unit's capabilities:\n%s", l.Log("daemon-n1"))
+	}
+	if out, err := l.Run(h, "bash", "-c", "echo +1 > "+l.ControlFile(h)); err == nil || !strings.Contains(out, "Cannot allocate memory") {
+		t.Errorf("control file under the unit's capabilities: %v %s", err, out)
+	}
+	if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "host restored", func() (bool, string) { return readHost(t, l, h).equal(before), "" })
 }

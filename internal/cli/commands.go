@@ -23,8 +23,22 @@ import (
 // Root is the clusterctl command tree: the CLI, the daemon and the demo.
 func Root() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "clusterctl",
-		Short:         "A userspace CLUSTERIP: many nodes share one IP, a hash picks who answers",
+		Use:   "clusterctl",
+		Short: "A userspace CLUSTERIP: many nodes share one IP, a hash picks who answers",
+		Long: `clusterctl runs and drives clusterip, a userspace replacement for the iptables CLUSTERIP
+target: every node of a cluster holds the same virtual IP (VIP) and one multicast MAC, the switch
+floods each frame to every node, and each node hashes the packet's source, exactly as the kernel
+target did, so that only the owner of its node number answers.
+
+"clusterctl daemon" runs the daemon (systemd runs it as clusterip.service, with its clusters in
+/etc/clusterip/clusters.conf and its options in /etc/default/clusterip). The other commands talk
+to it over its control socket (/run/clusterip.sock): new, delete, status, save, reload, drain and
+resume. Each cluster has a control file, /run/clusterip/VIP, that behaves as
+/proc/net/ipt_CLUSTERIP/VIP did: cat shows the node numbers held, "echo +N" and "echo -N" change
+them. With --peers the daemons watch each other and move node numbers by themselves.
+
+The README (/usr/share/doc/clusterip/README.md) covers set-up, failover, metrics, hooks and the
+status document.`,
 		Version:       buildinfo.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
