@@ -70,7 +70,15 @@ func TestBadCommandsRefused(t *testing.T) {
 		{[]string{"hash", "--hashmode", "sourceip", "--total-nodes", "3", "10.0.0.300"}, "10.0.0.300"},
 		{[]string{"hash", "--hashmode", "sourceip", "--total-nodes", "99", "10.0.0.1"}, "99"},
 		{[]string{"hash", "--hashmode", "sourceip-sourceport", "--total-nodes", "3", "10.0.0.1", "70000"}, "70000"},
-		{[]string{"--socket", filepath.Join(c.Dir, "nobody.sock"), "status"}, "no daemon listening"},
+		{[]string{"status", "--socket", filepath.Join(c.Dir, "nobody.sock")}, "no daemon listening"},
+		{[]string{"resume", vip}, "resume needs a daemon with --peers"},
+		{[]string{"drain", vip}, "drain needs a daemon with --peers"},
+		{[]string{"hash", "--hashmode", "sourceip-sourceport", "--total-nodes", "3", "10.0.0.1"}, "give SRC_PORT"},
+		{[]string{"hash", "--hashmode", "sourceip-sourceport-destport", "--total-nodes", "3", "10.0.0.1", "80"}, "give SRC_PORT and DST_PORT"},
+		{[]string{"hash", "--socket", "/x", "--hashmode", "sourceip", "--total-nodes", "3", "10.0.0.1"}, "unknown flag: --socket"},
+		{[]string{"status", "-o", "tall"}, "-o \"tall\": want wide"},
+		{[]string{"reload"}, "without --config"},
+		{[]string{"daemon", "--log-format", "xml"}, "--log-format \"xml\""},
 	}
 	for _, tc := range cases {
 		out, err := c.Clusterctl(n1, tc.args...)
@@ -82,6 +90,10 @@ func TestBadCommandsRefused(t *testing.T) {
 		if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, tc.want) || !strings.HasPrefix(msg, "clusterctl: ") {
 			t.Errorf("clusterctl %s: said %q, want one line mentioning %q", strings.Join(tc.args, " "), msg, tc.want)
 		}
+	}
+	// Flags a command does not use are not shown on it.
+	if out, _ := c.Clusterctl(n1, "hash", "--help"); strings.Contains(out, "--socket") {
+		t.Errorf("hash --help shows --socket:\n%s", out)
 	}
 	after := status(t, c, n1)
 	if len(after) != len(before) || fmt.Sprint(after[0].LocalNodes, after[0].TotalNodes) != fmt.Sprint(before[0].LocalNodes, before[0].TotalNodes) {

@@ -523,3 +523,26 @@ func TestDaemonWithUnitCapabilities(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "host restored", func() (bool, string) { return readHost(t, l, h).equal(before), "" })
 }
+
+// Shell completion offers hash modes, datapath kinds and, from the
+// running daemon, its VIPs.
+func TestCompletions(t *testing.T) {
+	c := newCluster(t, 1, "sourceip", false)
+	n1 := c.Nodes[0]
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"__complete", "new", "--hashmode", ""}, []string{"sourceip\n", "sourceip-sourceport\n", "sourceip-sourceport-destport\n"}},
+		{[]string{"__complete", "daemon", "--datapath", ""}, []string{"auto\n", "user\n"}},
+		{[]string{"__complete", "drain", ""}, []string{lab.VIP.String() + "\n"}},
+		{[]string{"__complete", "delete", ""}, []string{lab.VIP.String() + "\n"}},
+	} {
+		out := c.ctl(n1, tt.args...)
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("clusterctl %s: %q, want %q", strings.Join(tt.args, " "), out, w)
+			}
+		}
+	}
+}
