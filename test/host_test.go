@@ -195,26 +195,35 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 	})
 }
 
-// Under systemd (Type=notify) the daemon reports READY=1 once its clusters
-// exist, and STOPPING=1 when it begins to stop.
-func TestSystemdNotify(t *testing.T) {
+// underSystemd starts a lab of one node whose daemon, loading one cluster
+// from its config file, talks to a notify socket as systemd's, with env
+// added to its environment; it returns the socket systemd would read.
+func underSystemd(t *testing.T, env ...string) (*lab.Lab, *lab.Proc, *net.UnixConn) {
+	t.Helper()
 	l := newLab(t, 1, false)
-	h := l.Nodes[0]
 	sock := filepath.Join(l.Dir, "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	conf := filepath.Join(l.Dir, "clusters.conf")
 	if err := os.WriteFile(conf, []byte("new --vip 192.0.2.100 --interface eth0 --hashmode sourceip --total-nodes 1 --local-node 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l.DaemonEnv = []string{"NOTIFY_SOCKET=" + sock}
-	p, err := l.StartDaemon(h, "--config", conf)
+	l.DaemonEnv = append([]string{"NOTIFY_SOCKET=" + sock}, env...)
+	p, err := l.StartDaemon(l.Nodes[0], "--config", conf, "--workers", "2")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l, p, conn
+}
+
+// Under systemd (Type=notify) the daemon reports READY=1 once its clusters
+// exist, and STOPPING=1 when it begins to stop.
+func TestSystemdNotify(t *testing.T) {
+	l, p, conn := underSystemd(t)
+	h := l.Nodes[0]
 	read := func() string {
 		t.Helper()
 		buf := make([]byte, 256)

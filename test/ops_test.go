@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -313,21 +312,8 @@ case "$CLUSTERIP_AFTER" in 2,3) sleep 30 ;; esac
 // round, and stops pinging when one is stuck (a reader thread stopped with
 // ptrace here), so systemd restarts it; it pings again when it is unstuck.
 func TestWatchdog(t *testing.T) {
-	l := newLab(t, 1, false)
+	l, p, conn := underSystemd(t, "WATCHDOG_USEC=400000")
 	h := l.Nodes[0]
-	sock := filepath.Join(l.Dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conf := filepath.Join(l.Dir, "c.conf")
-	os.WriteFile(conf, []byte("new --vip 192.0.2.100 --interface eth0 --hashmode sourceip --total-nodes 1 --local-node 1\n"), 0o600)
-	l.DaemonEnv = []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=400000"}
-	p, err := l.StartDaemon(h, "--config", conf, "--workers", "2")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// pings counts WATCHDOG=1 messages received within d.
 	pings := func(d time.Duration) int {
 		n := 0

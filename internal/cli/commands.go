@@ -158,11 +158,12 @@ SIGINT, restoring the host. SIGHUP (or "clusterctl reload") re-reads --config.`,
 	return cmd
 }
 
-func drainCommand() *cobra.Command {
-	var timeout time.Duration
+// vipCommand is a command that asks the daemon to do something to one
+// cluster, named by its VIP (completed from the daemon's).
+func vipCommand(use, short string, do func(cmd *cobra.Command, c daemon.Client, vip string) error) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:               "drain VIP",
-		Short:             "Hand this node's numbers to the others, keeping its open connections until they end",
+		Use:               use,
+		Short:             short,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: vipCompletions,
 	}
@@ -171,31 +172,33 @@ func drainCommand() *cobra.Command {
 		if err := checkVIP(args[0]); err != nil {
 			return err
 		}
-		var t *time.Duration
-		if cmd.Flags().Changed("timeout") {
-			t = &timeout
-		}
-		return client().Drain(args[0], t)
+		return do(cmd, client(), args[0])
 	}
+	return cmd
+}
+
+func drainCommand() *cobra.Command {
+	var timeout time.Duration
+	cmd := vipCommand("drain VIP", "Hand this node's numbers to the others, keeping its open connections until they end",
+		func(cmd *cobra.Command, c daemon.Client, vip string) error {
+			var t *time.Duration
+			if cmd.Flags().Changed("timeout") {
+				t = &timeout
+			}
+			return c.Drain(vip, t)
+		})
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "drop connections still open after this long (0: wait until they end; left out, a drain in progress keeps its own)")
 	return cmd
 }
 
 func resumeCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:               "resume VIP",
-		Short:             "Take a drained node's numbers back",
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: vipCompletions,
-	}
-	client := socketFlag(cmd)
-	cmd.RunE = func(_ *cobra.Command, args []string) error {
-		if err := checkVIP(args[0]); err != nil {
-			return err
-		}
-		return client().Resume(args[0])
-	}
-	return cmd
+	return vipCommand("resume VIP", "Take a drained node's numbers back",
+		func(_ *cobra.Command, c daemon.Client, vip string) error { return c.Resume(vip) })
+}
+
+func deleteCommand() *cobra.Command {
+	return vipCommand("delete VIP", "Remove a cluster",
+		func(_ *cobra.Command, c daemon.Client, vip string) error { return c.Delete(vip) })
 }
 
 func genkeyCommand() *cobra.Command {
@@ -237,23 +240,6 @@ func newCommand() *cobra.Command {
 		return client().New(spec)
 	}
 	cmd.RegisterFlagCompletionFunc("hashmode", fixedCompletions(hashModes()...))
-	return cmd
-}
-
-func deleteCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:               "delete VIP",
-		Short:             "Remove a cluster",
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: vipCompletions,
-	}
-	client := socketFlag(cmd)
-	cmd.RunE = func(_ *cobra.Command, args []string) error {
-		if err := checkVIP(args[0]); err != nil {
-			return err
-		}
-		return client().Delete(args[0])
-	}
 	return cmd
 }
 
