@@ -17,7 +17,7 @@ DOCDIR     ?= $(PREFIX)/share/doc/clusterip
 
 # The tools the tests use (root, in network namespaces) and their packages.
 TEST_TOOLS := ip:iproute2 nsenter:util-linux unshare:util-linux setpriv:util-linux \
-              ping:iputils-ping curl:curl bash:bash dpkg-deb:dpkg
+              ping:iputils-ping curl:curl bash:bash dpkg-deb:dpkg nft:nftables
 
 .PHONY: all build labctl docs demo test deps unit e2e vet fmt fuzz clean bench-failover bench install uninstall deb
 

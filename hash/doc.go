@@ -23,5 +23,17 @@
 // Linux 4.1). Older kernels hash differently and cannot share a cluster
 // with this package.
 //
+// The same package computes, with Config.Compat set to NFTables, what the
+// nftables jhash expression computes for the rules Pacemaker's IPaddr2
+// writes on kernels without CLUSTERIP:
+//
+//	meta mark set jhash ip saddr . th sport . th dport mod N seed S offset 1
+//
+// nft_jhash_eval hashes the concatenated registers with jhash(): the
+// source address as on the wire (4 or 16 bytes), then each port in a
+// 4-byte register of its own (big-endian port, two zero bytes), all loaded
+// as little-endian words on x86-64. For IPv4 that is CLUSTERIP's hash with
+// the address byte-swapped; it is the only hash that covers IPv6 (Node6).
+//
 // Results never depend on the byte order of the machine running this code.
 package hash

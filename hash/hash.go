@@ -120,6 +120,9 @@ type Config struct {
 	TotalNodes uint32
 	// Seed is iptables' --hash-init. All nodes must use the same value.
 	Seed uint32
+	// Compat is whose hash: the CLUSTERIP target's (the zero value) or
+	// nftables' jhash expression's.
+	Compat Compat
 }
 
 // Validate reports whether c describes a cluster Node can serve.
@@ -130,14 +133,21 @@ func (c Config) Validate() error {
 	if c.TotalNodes < 1 || c.TotalNodes > MaxNodes {
 		return fmt.Errorf("hash: total nodes %d out of range 1..%d", c.TotalNodes, MaxNodes)
 	}
+	if !c.Compat.valid() {
+		return fmt.Errorf("hash: invalid compatibility %s", c.Compat)
+	}
 
 	return nil
 }
 
-// Hash returns the 32-bit hash clusterip_hashfn computes before scaling it
-// to a node number. Its arguments are those of Node. An invalid Mode hashes
-// to 0, the value the kernel assigns just before it calls BUG().
+// Hash returns the 32-bit hash clusterip_hashfn (with NFTables,
+// nft_jhash_eval) computes before scaling it to a node number. Its
+// arguments are those of Node. An invalid Mode hashes to 0, the value the
+// kernel assigns just before it calls BUG().
 func (c Config) Hash(src uint32, sportRaw, dportRaw uint16) uint32 {
+	if c.Compat == NFTables {
+		return c.hashNFT4(src, sportRaw, dportRaw)
+	}
 	switch c.Mode {
 	case SourceIP:
 		return Jhash1Word(src, c.Seed)
@@ -162,12 +172,19 @@ func (c Config) Node(src uint32, sportRaw, dportRaw uint16) int {
 	return int(ReciprocalScale(c.Hash(src, sportRaw, dportRaw), c.TotalNodes)) + 1
 }
 
-// NodeForPorts is Node for humans and tests: it takes an IPv4 address and
-// port numbers as written in configuration (80, not its wire form), and
-// checks c.
+// NodeForPorts is Node (or Node6) for humans and tests: it takes an
+// address and port numbers as written in configuration (80, not its wire
+// form), and checks c. IPv6 needs the NFTables hash.
 func (c Config) NodeForPorts(src netip.Addr, sport, dport uint16) (int, error) {
 	if err := c.Validate(); err != nil {
 		return 0, err
+	}
+	if src.Is6() && !src.Is4In6() {
+		if c.Compat != NFTables {
+			return 0, fmt.Errorf("hash: source address %s is IPv6, which only the nftables hash covers", src)
+		}
+		a := src.As16()
+		return c.Node6(&a, bits.ReverseBytes16(sport), bits.ReverseBytes16(dport)), nil
 	}
 	if !src.Is4() {
 		return 0, fmt.Errorf("hash: source address %s is not IPv4", src)

@@ -350,24 +350,37 @@ func versionCommand() *cobra.Command {
 }
 
 func hashCommand() *cobra.Command {
-	var mode string
+	var mode, compat string
 	var total, seed uint32
 	cmd := &cobra.Command{
-		Use:   "hash --hashmode MODE --total-nodes N [--hash-init SEED] SRC_IP [SRC_PORT [DST_PORT]]",
-		Short: "Print the node that owns a packet, as the kernel's CLUSTERIP would pick it",
-		Args:  cobra.RangeArgs(1, 3),
+		Use:   "hash --hashmode MODE --total-nodes N [--hash-init SEED] [--hash-compat clusterip|nftables] SRC_IP [SRC_PORT [DST_PORT]]",
+		Short: "Print the node that owns a packet, as the kernel's CLUSTERIP (or nftables' jhash) would pick it",
+		Long: `Print the node that owns a packet from SRC_IP (and ports), as a cluster with these settings
+picks it. --hash-compat clusterip (the default for IPv4) is the iptables CLUSTERIP target's hash;
+nftables is that of "jhash ip saddr [. th sport [. th dport]] mod N seed S offset 1", and the only
+hash for an IPv6 SRC_IP, so it is the default there.`,
+		Args: cobra.RangeArgs(1, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := hash.ParseMode(mode)
 			if err != nil {
 				return fmt.Errorf("--hashmode: %w", err)
 			}
-			cfg := hash.Config{Mode: m, TotalNodes: total, Seed: seed}
-			if err := cfg.Validate(); err != nil {
+			src, err := netip.ParseAddr(args[0])
+			switch {
+			case err != nil:
+				return fmt.Errorf("SRC_IP %q: not an IPv4 or IPv6 address", args[0])
+			case src.Zone() != "":
+				return fmt.Errorf("SRC_IP %q: a zone is not part of an address the hash sees", args[0])
+			case src.Is4In6():
+				return fmt.Errorf("SRC_IP %q: write an IPv4-mapped address as IPv4", args[0])
+			}
+			c, err := hashCompat(compat, src)
+			if err != nil {
 				return err
 			}
-			src, err := netip.ParseAddr(args[0])
-			if err != nil || !src.Is4() {
-				return fmt.Errorf("SRC_IP %q: not an IPv4 address", args[0])
+			cfg := hash.Config{Mode: m, TotalNodes: total, Seed: seed, Compat: c}
+			if err := cfg.Validate(); err != nil {
+				return err
 			}
 			switch {
 			case m == hash.SourceIPSourcePort && len(args) < 2:
@@ -394,10 +407,31 @@ func hashCommand() *cobra.Command {
 	cmd.Flags().StringVar(&mode, "hashmode", "", "sourceip, sourceip-sourceport or sourceip-sourceport-destport")
 	cmd.Flags().Uint32Var(&total, "total-nodes", 0, "number of nodes")
 	cmd.Flags().Uint32Var(&seed, "hash-init", 0, "hash seed")
+	cmd.Flags().StringVar(&compat, "hash-compat", "", "whose hash: clusterip (default for IPv4) or nftables (default and only choice for IPv6)")
 	cmd.MarkFlagRequired("hashmode")
 	cmd.MarkFlagRequired("total-nodes")
 	cmd.RegisterFlagCompletionFunc("hashmode", fixedCompletions(hashModes()...))
+	cmd.RegisterFlagCompletionFunc("hash-compat", fixedCompletions(hash.CLUSTERIP.String(), hash.NFTables.String()))
 	return cmd
+}
+
+// hashCompat parses --hash-compat for an address of addr's family: empty
+// means the family's default, and IPv6 has no CLUSTERIP hash.
+func hashCompat(flag string, addr netip.Addr) (hash.Compat, error) {
+	if flag == "" {
+		if addr.Is6() {
+			return hash.NFTables, nil
+		}
+		return hash.CLUSTERIP, nil
+	}
+	c, err := hash.ParseCompat(flag)
+	if err != nil {
+		return 0, fmt.Errorf("--hash-compat: %w", err)
+	}
+	if c == hash.CLUSTERIP && addr.Is6() {
+		return 0, fmt.Errorf("--hash-compat clusterip: %s is IPv6, which only the nftables hash covers", addr)
+	}
+	return c, nil
 }
 
 func demoCommand() *cobra.Command {
