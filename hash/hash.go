@@ -104,12 +104,7 @@ func PortsOffset(proto uint8) int {
 // The fields are read little-endian because that is how an x86-64 kernel
 // loads them, whatever the byte order of the machine running this code.
 func RawPorts(proto uint8, l4 []byte) (sportRaw, dportRaw uint16) {
-	off := PortsOffset(proto)
-	if off < 0 || len(l4) < off+4 {
-		return 0, 0
-	}
-
-	return binary.LittleEndian.Uint16(l4[off:]), binary.LittleEndian.Uint16(l4[off+2:])
+	return Config{}.RawPorts(proto, l4)
 }
 
 // Config is one cluster's hashing parameters.

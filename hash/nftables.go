@@ -176,3 +176,26 @@ func (c Config) hash6(src *[16]byte, sportRaw, dportRaw uint16) uint32 {
 	_, _, cc = jhashFinal(a, b+b2, cc+c2)
 	return cc
 }
+
+// PortsOffset is PortsOffset for c's hash. nftables' "th sport" and "th
+// dport" read the first four bytes of the transport header whatever the
+// protocol (an ICMP message's type, code and checksum; an AH header's
+// first word), where CLUSTERIP hashes zeros for protocols without ports
+// and AH's SPI.
+func (c Config) PortsOffset(proto uint8) int {
+	if c.Compat == NFTables {
+		return 0
+	}
+	return PortsOffset(proto)
+}
+
+// RawPorts is RawPorts for c's hash (see Config.PortsOffset). A transport
+// header too short for the four bytes hashes zeros; nftables would not
+// match the rule at all, which no single node's answer can reproduce.
+func (c Config) RawPorts(proto uint8, l4 []byte) (sportRaw, dportRaw uint16) {
+	off := c.PortsOffset(proto)
+	if off < 0 || len(l4) < off+4 {
+		return 0, 0
+	}
+	return binary.LittleEndian.Uint16(l4[off:]), binary.LittleEndian.Uint16(l4[off+2:])
+}

@@ -95,55 +95,64 @@ func TestUDPOneReplyPerDatagram(t *testing.T) {
 	for _, size := range []int{64, 4000} {
 		t.Run(strconv.Itoa(size), func(t *testing.T) {
 			base := 41000 + size%1000
-			socks := make([]*net.UDPConn, 20)
-			err := inNetns(c.Client.NS, func() error {
-				for i := range socks {
-					s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: lab.ClientAddr.AsSlice(), Port: base + i})
-					if err != nil {
-						return err
-					}
-					socks[i] = s
-				}
-				return nil
-			})
-			t.Cleanup(func() {
-				for _, s := range socks {
-					if s != nil {
-						s.Close()
-					}
-				}
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			vip := &net.UDPAddr{IP: lab.VIP.AsSlice(), Port: 7}
-			payload := make([]byte, size)
-			for _, s := range socks {
-				if _, err := s.WriteTo(payload, vip); err != nil {
-					t.Fatal(err)
-				}
-			}
-			buf := make([]byte, 2048)
-			for i, s := range socks {
+			for i, got := range udpExchange(t, c.Lab, base, 20, size) {
 				port := base + i
 				want := fmt.Sprintf("n%d %d", predict(t, mode, 3, lab.ClientAddr.String(), port, 7), size)
-				var got []string
-				s.SetReadDeadline(time.Now().Add(time.Second))
-				for {
-					n, _, err := s.ReadFrom(buf)
-					if err != nil {
-						break
-					}
-					got = append(got, string(buf[:n]))
-					// After the first reply, wait a little longer for a duplicate.
-					s.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-				}
 				if len(got) != 1 || got[0] != want {
 					t.Errorf("datagram from port %d: replies %q, want exactly [%q]", port, got, want)
 				}
 			}
 		})
 	}
+}
+
+// udpExchange sends a datagram of size bytes to the VIP's echo port from
+// each of count client ports starting at base, and returns the replies each
+// port got: after the first, it waits a little longer for a duplicate.
+func udpExchange(t *testing.T, l *lab.Lab, base, count, size int) [][]string {
+	t.Helper()
+	socks := make([]*net.UDPConn, count)
+	t.Cleanup(func() {
+		for _, s := range socks {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	err := inNetns(l.Client.NS, func() error {
+		for i := range socks {
+			s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: lab.ClientAddr.AsSlice(), Port: base + i})
+			if err != nil {
+				return err
+			}
+			socks[i] = s
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := &net.UDPAddr{IP: lab.VIP.AsSlice(), Port: 7}
+	payload := make([]byte, size)
+	for _, s := range socks {
+		if _, err := s.WriteTo(payload, vip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replies := make([][]string, count)
+	buf := make([]byte, 2048)
+	for i, s := range socks {
+		s.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, _, err := s.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			replies[i] = append(replies[i], string(buf[:n]))
+			s.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		}
+	}
+	return replies
 }
 
 // ICMP "fragmentation needed" from a router reaches the node that owns the

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,21 +10,30 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/lab"
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 )
 
 // nftCase is one packet: a cluster's hash settings and the source and
-// ports the kernel and clusterctl hash each place on a node.
+// ports the kernel and clusterctl hash each place on a node. proto and l4
+// are the packet's protocol and transport bytes; sport and dport are what
+// "th sport" and "th dport" read from them.
 type nftCase struct {
 	mode         string
 	total, seed  uint32
 	dst, src     netip.Addr
 	sport, dport uint16
+	proto        uint8
+	l4           []byte
+	raw          uint8 // the raw socket's protocol that receives it
 }
 
 // TestNFTablesHashMatchesKernel loads the rules Pacemaker's IPaddr2
@@ -32,7 +42,10 @@ type nftCase struct {
 // running kernel, feeds them real frames with random sources and ports,
 // reads the node each packet was given from its mark (SO_RCVMARK on a raw
 // socket), and checks that `clusterctl hash --hash-compat nftables`
-// names the same node for every one.
+// names the same node for every one. Besides UDP the packets are ICMP
+// echoes, GRE, ESP and AH, whose "ports" are whatever four bytes start
+// the transport header (AH's own, also when an IPv6 AH carries UDP), which
+// the daemon's datapath must read exactly as the kernel does.
 func TestNFTablesHashMatchesKernel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
@@ -61,12 +74,12 @@ func TestNFTablesHashMatchesKernel(t *testing.T) {
 	var cases []nftCase
 	for i := range 1200 {
 		nc := clusters[(i/200)*4+i%4] // 200 packets per family and mode
-		nc.sport, nc.dport = uint16(rng.Uint32()), uint16(rng.Uint32())
 		if nc.dst.Is4() {
 			nc.src = randomUnicast4(rng)
 		} else {
 			nc.src = randomUnicast6(rng)
 		}
+		nc.transport(i, rng)
 		cases = append(cases, nc)
 	}
 
@@ -77,8 +90,8 @@ func TestNFTablesHashMatchesKernel(t *testing.T) {
 		want := int(marks[i])
 		got := predict(t, nc.mode+" "+strings.Join(args, " "), int(nc.total), nc.src.String(), int(nc.sport), int(nc.dport))
 		if got != want {
-			t.Errorf("%s total %d seed %#x: %s ports %d,%d: kernel picked node %d, clusterctl hash says %d",
-				nc.mode, nc.total, nc.seed, nc.src, nc.sport, nc.dport, want, got)
+			t.Errorf("%s total %d seed %#x: protocol %d from %s, ports %d,%d: kernel picked node %d, clusterctl hash says %d",
+				nc.mode, nc.total, nc.seed, nc.proto, nc.src, nc.sport, nc.dport, want, got)
 			if failed++; failed == 10 {
 				t.Fatal("too many mismatches")
 			}
@@ -127,11 +140,11 @@ func nftKernel(t *testing.T, clusters []nftCase) (ns string) {
 			fam = "ip6"
 			sh("ip", "addr", "add", c.dst.String()+"/128", "dev", "rcv", "nodad")
 		}
-		fmt.Fprintf(&rules, "\t\t%s daddr %s meta l4proto udp meta mark set jhash %s saddr%s mod %d seed 0x%x offset 1\n",
+		fmt.Fprintf(&rules, "\t\t%s daddr %s meta mark set jhash %s saddr%s mod %d seed 0x%x offset 1\n",
 			fam, c.dst, fam, exprs[c.mode], c.total, c.seed)
 	}
-	// The output chain drops everything: the UDP layer answers each
-	// datagram with a port unreachable to its made-up source.
+	// The output chain drops everything: the stack answers packets to
+	// their made-up sources (port and protocol unreachables, echo replies).
 	ruleset := fmt.Sprintf(`table inet ciptest {
 	chain pre {
 		type filter hook prerouting priority -300; policy accept;
@@ -170,16 +183,110 @@ func randomUnicast6(rng *mrand.Rand) netip.Addr {
 	return netip.AddrFrom16(a)
 }
 
-// kernelMarks sends one UDP datagram per case into ns, through a veth, and
+// Protocols of the test packets.
+const (
+	ipprotoICMP   = 1
+	ipprotoUDP    = 17
+	ipprotoGRE    = 47
+	ipprotoESP    = 50
+	ipprotoAH     = 51
+	ipprotoICMPv6 = 58
+)
+
+// transport fills in c's protocol and transport bytes, the i-th packet of
+// the test, which it carries at its end so that its raw socket can tell
+// it from another.
+func (c *nftCase) transport(i int, rng *mrand.Rand) {
+	idx := binary.BigEndian.AppendUint32(nil, uint32(i))
+	v6 := c.dst.Is6()
+	switch i % 5 {
+	case 0, 1:
+		c.proto = ipprotoUDP
+		c.l4 = make([]byte, 8)
+		binary.BigEndian.PutUint16(c.l4[0:], uint16(rng.Uint32()))
+		binary.BigEndian.PutUint16(c.l4[2:], uint16(rng.Uint32()))
+		binary.BigEndian.PutUint16(c.l4[4:], 12)
+		c.l4 = append(c.l4, idx...)
+		c.l4 = c.withChecksum(c.l4, 6, true)
+	case 2:
+		c.proto = ipprotoICMP
+		typ := byte(8) // echo request
+		if v6 {
+			c.proto, typ = ipprotoICMPv6, 128
+		}
+		c.l4 = append([]byte{typ, 0, 0, 0, byte(rng.Uint32()), byte(rng.Uint32()), 0, 1}, idx...)
+		c.l4 = c.withChecksum(c.l4, 2, v6)
+	case 3:
+		c.proto = ipprotoGRE
+		c.l4 = append(binary.BigEndian.AppendUint32(nil, rng.Uint32()&0x0000ffff), idx...)
+	case 4:
+		if rng.IntN(2) == 0 {
+			c.proto = ipprotoESP
+			c.l4 = append(binary.BigEndian.AppendUint32(nil, rng.Uint32()), 0, 0, 0, 1)
+			c.l4 = append(c.l4, idx...)
+			break
+		}
+		// AH (RFC 4302): next header, length in words minus 2, reserved,
+		// SPI, sequence, 12-byte ICV; then a UDP header, unless nothing.
+		c.proto = ipprotoAH
+		ah := []byte{59, 4, 0, 0}
+		ah = binary.BigEndian.AppendUint32(ah, rng.Uint32())
+		ah = append(ah, make([]byte, 16)...)
+		if v6 {
+			ah[0] = ipprotoUDP
+			udp := make([]byte, 8)
+			binary.BigEndian.PutUint16(udp[0:], uint16(rng.Uint32()))
+			binary.BigEndian.PutUint16(udp[2:], uint16(rng.Uint32()))
+			binary.BigEndian.PutUint16(udp[4:], 12)
+			ah = append(ah, udp...)
+		}
+		c.l4 = append(ah, idx...)
+	}
+	c.raw = c.proto
+	// What "th" reads: the first header that is not an IPv6 extension
+	// header, AH counting as one that ends the walk
+	// (nft_set_pktinfo_ipv6 passes IP6_FH_F_AUTH to ipv6_find_hdr).
+	c.sport, c.dport = binary.BigEndian.Uint16(c.l4[0:]), binary.BigEndian.Uint16(c.l4[2:])
+}
+
+// withChecksum returns l4 with its Internet checksum at off: over the
+// pseudo-header too when pseudo is set (UDP, ICMPv6), as a checksum
+// verifying stack needs it.
+func (c *nftCase) withChecksum(l4 []byte, off int, pseudo bool) []byte {
+	var sum []byte
+	if pseudo {
+		sum = append(sum, c.src.AsSlice()...)
+		sum = append(sum, c.dst.AsSlice()...)
+		sum = append(sum, 0, c.proto)
+		sum = binary.BigEndian.AppendUint16(sum, uint16(len(l4)))
+	}
+	v := inetChecksum(append(sum, l4...))
+	if v == 0 && c.proto == ipprotoUDP {
+		v = 0xffff
+	}
+	binary.BigEndian.PutUint16(l4[off:], v)
+	return l4
+}
+
+// kernelMarks sends one packet per case into ns, through a veth, and
 // returns the mark the kernel's rules gave each, read back on raw sockets.
 func kernelMarks(t *testing.T, ns string, cases []nftCase) []uint32 {
 	t.Helper()
 	var (
-		inj        *packet.Conn
-		dstMAC     net.HardwareAddr
-		srcMAC     net.HardwareAddr
-		raw4, raw6 int
+		inj    *packet.Conn
+		dstMAC net.HardwareAddr
+		srcMAC net.HardwareAddr
 	)
+	type sockKey struct {
+		v6    bool
+		proto uint8
+	}
+	socks := map[sockKey]int{}
+	t.Cleanup(func() {
+		for _, fd := range socks {
+			unix.Close(fd)
+		}
+	})
 	err := inNetns(ns, func() error {
 		in, err := net.InterfaceByName("inj")
 		if err != nil {
@@ -193,37 +300,43 @@ func kernelMarks(t *testing.T, ns string, cases []nftCase) []uint32 {
 		if inj, err = packet.Listen(in, packet.Raw, 0x88b5, nil); err != nil {
 			return err
 		}
-		if raw4, err = markSocket(unix.AF_INET); err != nil {
-			return err
+		for _, c := range cases {
+			k := sockKey{c.dst.Is6(), c.raw}
+			if _, ok := socks[k]; ok {
+				continue
+			}
+			family := unix.AF_INET
+			if k.v6 {
+				family = unix.AF_INET6
+			}
+			fd, err := markSocket(family, int(k.proto))
+			if err != nil {
+				return err
+			}
+			socks[k] = fd
 		}
-		raw6, err = markSocket(unix.AF_INET6)
-		return err
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { inj.Close(); unix.Close(raw4); unix.Close(raw6) })
+	t.Cleanup(func() { inj.Close() })
 
 	marks := make([]uint32, len(cases))
 	buf := make([]byte, 2048)
 	oob := make([]byte, 128)
 	for i, c := range cases {
-		var payload [4]byte
-		binary.BigEndian.PutUint32(payload[:], uint32(i))
-		frame, fd, skip := udpFrame(srcMAC, dstMAC, c, payload[:]), raw6, 8
-		if c.dst.Is4() {
-			fd, skip = raw4, 20+8
-		}
-		if _, err := inj.WriteTo(frame, &packet.Addr{HardwareAddr: dstMAC}); err != nil {
+		if _, err := inj.WriteTo(ipFrame(srcMAC, dstMAC, c), &packet.Addr{HardwareAddr: dstMAC}); err != nil {
 			t.Fatal(err)
 		}
+		fd := socks[sockKey{c.dst.Is6(), c.raw}]
 		for {
 			n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
 			if err != nil {
-				t.Fatalf("case %d (%s from %s): no datagram delivered: %v", i, c.dst, c.src, err)
+				t.Fatalf("case %d (protocol %d, %s from %s): not delivered: %v", i, c.proto, c.dst, c.src, err)
 			}
-			if n < skip+4 || binary.BigEndian.Uint32(buf[skip:]) != uint32(i) {
-				continue // an earlier case's duplicate, or not ours
+			if n < 4 || binary.BigEndian.Uint32(buf[n-4:n]) != uint32(i) {
+				continue // an earlier case's, or not ours
 			}
 			mark, ok := rcvMark(oob[:oobn])
 			if !ok {
@@ -236,9 +349,9 @@ func kernelMarks(t *testing.T, ns string, cases []nftCase) []uint32 {
 	return marks
 }
 
-// markSocket is a raw UDP socket that reports each datagram's mark.
-func markSocket(family int) (int, error) {
-	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+// markSocket is a raw socket for proto that reports each packet's mark.
+func markSocket(family, proto int) (int, error) {
+	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return -1, fmt.Errorf("raw socket: %w", err)
 	}
@@ -267,33 +380,15 @@ func rcvMark(oob []byte) (uint32, bool) {
 	return 0, false
 }
 
-// udpFrame is an Ethernet frame carrying a UDP datagram for c, with valid
-// checksums.
-func udpFrame(src, dst net.HardwareAddr, c nftCase, payload []byte) []byte {
-	udp := make([]byte, 8, 8+len(payload))
-	binary.BigEndian.PutUint16(udp[0:], c.sport)
-	binary.BigEndian.PutUint16(udp[2:], c.dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	udp = append(udp, payload...)
-
-	var pseudo []byte
-	pseudo = append(pseudo, c.src.AsSlice()...)
-	pseudo = append(pseudo, c.dst.AsSlice()...)
-	pseudo = append(pseudo, 0, 17)
-	pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(len(udp)))
-	sum := inetChecksum(append(pseudo, udp...))
-	if sum == 0 {
-		sum = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], sum)
-
+// ipFrame is an Ethernet frame carrying c's packet.
+func ipFrame(src, dst net.HardwareAddr, c nftCase) []byte {
 	frame := append(append([]byte{}, dst...), src...)
 	if c.dst.Is4() {
 		frame = binary.BigEndian.AppendUint16(frame, 0x0800)
 		ip := make([]byte, 20)
 		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
-		ip[8], ip[9] = 64, 17
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(c.l4)))
+		ip[8], ip[9] = 64, c.proto
 		copy(ip[12:], c.src.AsSlice())
 		copy(ip[16:], c.dst.AsSlice())
 		binary.BigEndian.PutUint16(ip[10:], inetChecksum(ip))
@@ -302,13 +397,13 @@ func udpFrame(src, dst net.HardwareAddr, c nftCase, payload []byte) []byte {
 		frame = binary.BigEndian.AppendUint16(frame, 0x86dd)
 		ip := make([]byte, 40)
 		ip[0] = 0x60
-		binary.BigEndian.PutUint16(ip[4:], uint16(len(udp)))
-		ip[6], ip[7] = 17, 64
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(c.l4)))
+		ip[6], ip[7] = c.proto, 64
 		copy(ip[8:], c.src.AsSlice())
 		copy(ip[24:], c.dst.AsSlice())
 		frame = append(frame, ip...)
 	}
-	return append(frame, udp...)
+	return append(frame, c.l4...)
 }
 
 // inetChecksum is the Internet checksum (RFC 1071) of b.
@@ -325,4 +420,89 @@ func inetChecksum(b []byte) uint16 {
 		s = s>>16 + s&0xffff
 	}
 	return ^uint16(s)
+}
+
+// TestMixedClusterWithNFTablesNode is a rolling migration's middle: node 1
+// runs the kernel's nftables recipe (as Pacemaker's IPaddr2 writes it),
+// nodes 2 and 3 run the daemon with --hash-compat nftables. Every TCP
+// connection is answered by the node the hash names, every UDP datagram
+// gets exactly one reply, from that node, and every ping exactly one reply:
+// ICMP too is hashed the nftables way, on the first four bytes of its
+// header.
+func TestMixedClusterWithNFTablesNode(t *testing.T) {
+	for _, tc := range []struct {
+		mode, datapath string
+		seed           uint32
+	}{
+		{"sourceip-sourceport", "auto", 0x5eed},
+		{"sourceip-sourceport-destport", "user", 7},
+	} {
+		t.Run(tc.mode+"/"+tc.datapath, func(t *testing.T) {
+			l := newLab(t, 3, false)
+			m, err := hash.ParseMode(tc.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mac := daemon.DefaultClusterMAC(lab.VIP)
+			if err := l.NFTablesNode(l.Nodes[0], mac, hash.Config{Mode: m, TotalNodes: 3, Seed: tc.seed}, 1); err != nil {
+				t.Fatal(err)
+			}
+			for i, h := range l.Nodes[1:] {
+				if _, err := l.StartDaemon(h, "--datapath", tc.datapath); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := l.Clusterctl(h, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", tc.mode,
+					"--total-nodes", "3", "--local-node", strconv.Itoa(i+2), "--hash-init", fmt.Sprint(tc.seed), "--hash-compat", "nftables"); err != nil {
+					t.Fatalf("new: %v: %s", err, out)
+				}
+			}
+			for _, h := range l.Nodes {
+				if _, err := l.StartServer(h, "--tcp", ":80", "--udp", ":7"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, h := range l.Nodes {
+				if err := l.WaitListening(h, 7); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.WaitServing(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			mode := fmt.Sprintf("%s --hash-init %d --hash-compat nftables", tc.mode, tc.seed)
+
+			seen := map[string]int{}
+			for port := 40200; port < 40230; port++ {
+				want := fmt.Sprintf("n%d", predict(t, mode, 3, lab.ClientAddr.String(), port, 80))
+				out, err := l.Run(l.Client, "curl", "-sS", "--max-time", "5", "--local-port", strconv.Itoa(port), "http://"+lab.VIP.String()+"/")
+				if err != nil {
+					t.Fatalf("connection from port %d (hash names %s): %v", port, want, err)
+				}
+				got := strings.TrimSpace(out)
+				if got != want {
+					t.Errorf("connection from port %d served by %q, hash names %s", port, got, want)
+				}
+				seen[got]++
+			}
+			if len(seen) != 3 {
+				t.Errorf("30 connections reached only %v; they should spread over all 3 nodes", seen)
+			}
+
+			base := 41300
+			for i, got := range udpExchange(t, l, base, 20, 64) {
+				want := fmt.Sprintf("n%d 64", predict(t, mode, 3, lab.ClientAddr.String(), base+i, 7))
+				if len(got) != 1 || got[0] != want {
+					t.Errorf("datagram from port %d: replies %q, want exactly [%q]", base+i, got, want)
+				}
+			}
+
+			out, err := l.Run(l.Client, "ping", "-c", "10", "-i", "0.2", "-W", "2", lab.VIP.String())
+			if err != nil {
+				t.Fatalf("ping: %v\n%s", err, out)
+			}
+			if s := pingSummary.FindStringSubmatch(out); s == nil || s[1] != "10" || s[2] != "10" || strings.Contains(out, "DUP!") {
+				t.Errorf("ping: want 10 replies, one each:\n%s", out)
+			}
+		})
+	}
 }

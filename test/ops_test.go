@@ -230,7 +230,7 @@ func TestMetrics(t *testing.T) {
 	vip := lab.VIP.String()
 	for _, want := range []string{
 		`clusterip_build_info{goversion="` + runtime.Version() + `",version="`,
-		`clusterip_cluster_info{clustermac="01:00:5e:00:02:64",interface="eth0",mode="sourceip-sourceport",total_nodes="3",vip="` + vip + `"} 1`,
+		`clusterip_cluster_info{clustermac="01:00:5e:00:02:64",hash_compat="clusterip",interface="eth0",mode="sourceip-sourceport",total_nodes="3",vip="` + vip + `"} 1`,
 		`clusterip_node_served{node="1",vip="` + vip + `"} 1`,
 		`clusterip_node_served{node="2",vip="` + vip + `"} 0`,
 		`clusterip_packets_total{path="kernel",verdict="owned",vip="` + vip + `"}`,

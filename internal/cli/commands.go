@@ -240,6 +240,7 @@ func newCommand() *cobra.Command {
 		return client().New(spec)
 	}
 	cmd.RegisterFlagCompletionFunc("hashmode", fixedCompletions(hashModes()...))
+	cmd.RegisterFlagCompletionFunc("hash-compat", fixedCompletions(hash.CLUSTERIP.String(), hash.NFTables.String()))
 	return cmd
 }
 

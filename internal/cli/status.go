@@ -36,7 +36,15 @@ func ranges(ns []int) string {
 }
 
 // shortMode is a hash mode in a table column.
-func shortMode(m string) string {
+func shortMode(c daemon.ClusterStatus) string {
+	m := shortModeName(c.HashMode)
+	if c.HashCompat == hash.NFTables.String() {
+		m += "/nft"
+	}
+	return m
+}
+
+func shortModeName(m string) string {
 	switch m {
 	case hash.SourceIP.String():
 		return "ip"
@@ -78,12 +86,12 @@ func printStatus(out io.Writer, st *daemon.Status, wide bool) error {
 		}
 		p := c.Packets
 		if wide {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", c.VIP, c.Interface, shortMode(c.HashMode),
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", c.VIP, c.Interface, shortMode(c),
 				c.TotalNodes, ranges(c.LocalNodes), ranges(c.Serving), inKernel, p.KernelAnswered, p.UserAnswered, p.UserNotAnswered,
 				p.Malformed, p.Held, c.Flows.Kept, c.ClusterMAC, c.Tap, state(c))
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", c.VIP, c.Interface, shortMode(c.HashMode), c.TotalNodes,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", c.VIP, c.Interface, shortMode(c), c.TotalNodes,
 			ranges(c.Serving), inKernel, p.KernelAnswered+p.UserAnswered, c.Flows.Kept, state(c))
 	}
 	if err := w.Flush(); err != nil {

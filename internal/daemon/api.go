@@ -61,6 +61,7 @@ type ClusterStatus struct {
 	ClusterMAC string       `json:"clustermac"`
 	TotalNodes int          `json:"total_nodes"`
 	HashInit   uint32       `json:"hash_init"`
+	HashCompat string       `json:"hash_compat"` // "clusterip" or "nftables"
 	LocalNodes []int        `json:"local_nodes"` // the numbers it is given: --local-node and control-file changes
 	Check      *CheckStatus `json:"check"`       // null without a health check
 

@@ -239,7 +239,7 @@ func (c *cluster) status(members []membership.Member, retired datapath.Stats) Cl
 	}
 	st := ClusterStatus{
 		VIP: s.VIP.String(), Interface: s.Interface, HashMode: s.Mode.String(), ClusterMAC: s.ClusterMAC.String(),
-		TotalNodes: s.TotalNodes, HashInit: s.HashInit, LocalNodes: numbers(home),
+		TotalNodes: s.TotalNodes, HashInit: s.HashInit, HashCompat: s.HashCompat.String(), LocalNodes: numbers(home),
 		Tap: c.dp.TapName(), Members: []MemberStatus{}, Problems: []string{},
 	}
 	if ch := s.Check; ch != nil {

@@ -26,7 +26,7 @@ var (
 	descBuildInfo = prometheus.NewDesc("clusterip_build_info",
 		"The daemon's build: always 1.", []string{"version", "goversion"}, nil)
 	descClusterInfo = prometheus.NewDesc("clusterip_cluster_info",
-		"A cluster this daemon runs: always 1.", []string{"vip", "interface", "mode", "clustermac", "total_nodes"}, nil)
+		"A cluster this daemon runs: always 1.", []string{"vip", "interface", "mode", "hash_compat", "clustermac", "total_nodes"}, nil)
 	descNodeServed = prometheus.NewDesc("clusterip_node_served",
 		"1 when this node answers new connections for node number node of the VIP, else 0.", []string{"vip", "node"}, nil)
 	descNodesServed = prometheus.NewDesc("clusterip_nodes_served",
@@ -79,7 +79,7 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	handoffs := d.handoffCounts()
 	for _, c := range st.Clusters {
 		vip := c.VIP
-		gauge(descClusterInfo, 1, vip, c.Interface, c.HashMode, c.ClusterMAC, strconv.Itoa(c.TotalNodes))
+		gauge(descClusterInfo, 1, vip, c.Interface, c.HashMode, c.HashCompat, c.ClusterMAC, strconv.Itoa(c.TotalNodes))
 		served := map[int]bool{}
 		for _, n := range c.Serving {
 			served[n] = true

@@ -27,6 +27,7 @@ type Spec struct {
 	TotalNodes int
 	LocalNodes nodeset.NodeSet
 	HashInit   uint32
+	HashCompat hash.Compat   // whose hash: CLUSTERIP's (the default) or nftables'
 	Check      *health.Check // nil: no health check
 }
 
@@ -48,6 +49,7 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 	total := fs.Int("total-nodes", 0, fmt.Sprintf("number of node numbers in the cluster, 1..%d (required)", nodeset.Max))
 	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
 	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
+	compat := fs.String("hash-compat", hash.CLUSTERIP.String(), `whose hash: clusterip (the iptables CLUSTERIP target's) or nftables (that of "jhash ip saddr . th sport . th dport mod N seed S offset 1", to share a VIP with nftables nodes)`)
 	check := fs.String("check", "", "health check of the local service: tcp:PORT (on the VIP), http:URL or exec:COMMAND; while it fails the node hands its numbers to the others (needs --peers on the daemon)")
 	interval := fs.Duration("check-interval", health.DefaultInterval, "time between health checks")
 	timeout := fs.Duration("check-timeout", 0, "time a check may take (0: the interval)")
@@ -86,6 +88,9 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 			s.LocalNodes = s.LocalNodes.Add(n)
 		}
 		s.HashInit = *seed
+		if s.HashCompat, err = hash.ParseCompat(*compat); err != nil {
+			return Spec{}, fmt.Errorf("--hash-compat: %w", err)
+		}
 		if fs.Changed("check") {
 			c, err := health.Parse(*check)
 			if err != nil {
@@ -152,7 +157,7 @@ func validIfaceName(name string) bool {
 
 // HashConfig is the hashing part of the Spec.
 func (s Spec) HashConfig() hash.Config {
-	return hash.Config{Mode: s.Mode, TotalNodes: uint32(s.TotalNodes), Seed: s.HashInit}
+	return hash.Config{Mode: s.Mode, TotalNodes: uint32(s.TotalNodes), Seed: s.HashInit, Compat: s.HashCompat}
 }
 
 // Args renders the Spec as the flags of `new`, the inverse of ParseSpec.
@@ -168,6 +173,11 @@ func (s Spec) Args() []string {
 		args = append(args, "--local-node", strconv.Itoa(n))
 	}
 	args = append(args, "--hash-init", strconv.FormatUint(uint64(s.HashInit), 10))
+	if s.HashCompat != hash.CLUSTERIP {
+		// Only when not the default, so that a saved file stays readable
+		// by releases without the flag whenever it can.
+		args = append(args, "--hash-compat", s.HashCompat.String())
+	}
 	if c := s.Check; c != nil {
 		args = append(args, "--check", c.String(), "--check-interval", c.Interval.String(),
 			"--check-timeout", c.Timeout.String(), "--check-fall", strconv.Itoa(c.Fall), "--check-rise", strconv.Itoa(c.Rise))

@@ -42,7 +42,7 @@ func without(flag string) []string {
 func equalSpec(a, b daemon.Spec) bool {
 	return a.VIP == b.VIP && a.Interface == b.Interface && a.Mode == b.Mode &&
 		bytes.Equal(a.ClusterMAC, b.ClusterMAC) && a.TotalNodes == b.TotalNodes &&
-		a.LocalNodes == b.LocalNodes && a.HashInit == b.HashInit &&
+		a.LocalNodes == b.LocalNodes && a.HashInit == b.HashInit && a.HashCompat == b.HashCompat &&
 		(a.Check == nil) == (b.Check == nil) && (a.Check == nil || *a.Check == *b.Check)
 }
 
@@ -98,6 +98,8 @@ func TestParseSpecErrors(t *testing.T) {
 		{"--hash-init negative", with("--hash-init", "-1"), "--hash-init", "invalid argument"},
 		{"--hash-init above 32 bits", with("--hash-init", "4294967296"), "--hash-init", "invalid argument"},
 		{"--hash-init without value", append(slices.Clone(baseArgs), "--hash-init"), "--hash-init", "needs an argument"},
+		{"--hash-compat unknown", with("--hash-compat", "iptables"), "--hash-compat", `unknown hash compatibility "iptables"`},
+		{"--hash-compat empty", with("--hash-compat", ""), "--hash-compat", `unknown hash compatibility ""`},
 		{"unknown flag", append(slices.Clone(baseArgs), "--nodes", "1"), "--nodes", "unknown flag"},
 		{"positional argument", append(slices.Clone(baseArgs), "extra"), "extra", "unexpected argument"},
 	}
@@ -163,6 +165,8 @@ func TestParseSpec(t *testing.T) {
 		{"port mode", with("--hashmode", "sourceip-sourceport-destport"), spec(func(s *daemon.Spec) { s.Mode = hash.SourceIPSourcePortDestPort })},
 		{"hash-init max", with("--hash-init", "4294967295"), spec(func(s *daemon.Spec) { s.HashInit = math.MaxUint32 })},
 		{"hash-init hex", with("--hash-init", "0xdeadbeef"), spec(func(s *daemon.Spec) { s.HashInit = 0xdeadbeef })},
+		{"hash-compat nftables", with("--hash-compat", "nftables"), spec(func(s *daemon.Spec) { s.HashCompat = hash.NFTables })},
+		{"hash-compat clusterip", with("--hash-compat", "clusterip"), spec(func(s *daemon.Spec) {})},
 		{
 			"--flag=value forms",
 			[]string{"--vip=192.0.2.10", "--interface=eth0", "--hashmode=sourceip", "--total-nodes=2"},
@@ -209,7 +213,7 @@ func specs() []daemon.Spec {
 		{VIP: netip.MustParseAddr("192.0.2.10"), Interface: "eth0", Mode: hash.SourceIP,
 			ClusterMAC: daemon.DefaultClusterMAC(netip.MustParseAddr("192.0.2.10")), TotalNodes: 1},
 		{VIP: netip.MustParseAddr("10.0.0.1"), Interface: "bond0.100", Mode: hash.SourceIPSourcePort,
-			ClusterMAC: net.HardwareAddr{0x03, 0, 0, 0, 0, 1}, TotalNodes: 3, LocalNodes: nodes(1, 3), HashInit: 1},
+			ClusterMAC: net.HardwareAddr{0x03, 0, 0, 0, 0, 1}, TotalNodes: 3, LocalNodes: nodes(1, 3), HashInit: 1, HashCompat: hash.NFTables},
 		{VIP: netip.MustParseAddr("203.0.113.254"), Interface: "enp0s31f6", Mode: hash.SourceIPSourcePortDestPort,
 			ClusterMAC: net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, 0xff, 0xff}, TotalNodes: 64,
 			LocalNodes: nodes(1, 2, 63, 64), HashInit: math.MaxUint32},

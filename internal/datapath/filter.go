@@ -103,7 +103,9 @@ const (
 
 // hashProgram computes the kernel target's jhash of the packet into
 // scratch word regC: jhash_{1,2,3}words(ntohl(saddr), sport, dport, seed)
-// with the ports as x86-64 loads them (byte-swapped). Classic BPF has no
+// with the ports as x86-64 loads them (byte-swapped). With the nftables
+// hash the address is loaded as x86-64 loads it too, and the ports are the
+// first four bytes of every protocol's header. Classic BPF has no
 // rotation, so rol32(x, k) is (x << k) | (x >> (32-k)) through a scratch word.
 func hashProgram(cfg hash.Config) []bpf.Instruction {
 	words, iv := jhashWords(cfg)
@@ -115,10 +117,14 @@ func hashProgram(cfg hash.Config) []bpf.Instruction {
 			bpf.StoreScratch{Src: bpf.RegA, N: regC},
 		)
 	} else {
-		p = append(p, portsProgram(words, iv)...)
+		p = append(p, portsProgram(cfg, words, iv)...)
+	}
+	if cfg.Compat == hash.NFTables {
+		p = append(p, swappedWord(ethHdrLen+12)...) // saddr as a little-endian load
+	} else {
+		p = append(p, bpf.LoadAbsolute{Off: ethHdrLen + 12, Size: 4}) // saddr, host order
 	}
 	p = append(p,
-		bpf.LoadAbsolute{Off: ethHdrLen + 12, Size: 4}, // saddr, host order
 		bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: iv},
 		bpf.StoreScratch{Src: bpf.RegA, N: regA},
 	)
@@ -151,12 +157,12 @@ var jhashFinal = [...]struct{ x, y, k int }{
 
 // portsProgram stores sport+iv in regB and, for three words, dport+iv in
 // regC (else iv). Protocols without ports hash zeros, as the kernel target
-// did; the port offset inside the L4 header is hash.PortsOffset's.
-func portsProgram(words, iv uint32) []bpf.Instruction {
+// did; the port offset inside the L4 header is cfg.PortsOffset's.
+func portsProgram(cfg hash.Config, words, iv uint32) []bpf.Instruction {
 	protos0 := []uint32{}
 	var protos4 []uint32
 	for proto := 0; proto < 256; proto++ {
-		switch hash.PortsOffset(uint8(proto)) {
+		switch cfg.PortsOffset(uint8(proto)) {
 		case 0:
 			protos0 = append(protos0, uint32(proto))
 		case 4:
@@ -175,6 +181,9 @@ func portsProgram(words, iv uint32) []bpf.Instruction {
 		return q
 	}
 	at0, at4 := load(0), load(4)
+	if len(protos0) == 256 {
+		return at0 // nftables: every protocol at offset 0
+	}
 	zero := []bpf.Instruction{
 		bpf.LoadConstant{Dst: bpf.RegA, Val: iv},
 		bpf.StoreScratch{Src: bpf.RegA, N: regB},
@@ -219,6 +228,26 @@ func swappedPort(off, iv uint32, dst int) []bpf.Instruction {
 		// Restore X for the next indirect load.
 		bpf.LoadMemShift{Off: ethHdrLen},
 	}
+}
+
+// swappedWord loads the 32-bit word at off as a little-endian machine
+// loads it: classic BPF's loads are big-endian and it has no byte swap.
+func swappedWord(off uint32) []bpf.Instruction {
+	p := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: off, Size: 1},
+		bpf.StoreScratch{Src: bpf.RegA, N: regT},
+	}
+	for i := uint32(1); i < 4; i++ {
+		p = append(p,
+			bpf.LoadAbsolute{Off: off + i, Size: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 8 * i},
+			bpf.TAX{},
+			bpf.LoadScratch{Dst: bpf.RegA, N: regT},
+			bpf.ALUOpX{Op: bpf.ALUOpOr},
+			bpf.StoreScratch{Src: bpf.RegA, N: regT},
+		)
+	}
+	return p
 }
 
 // xorSubRol is one line of __jhash_final: x ^= y; x -= rol32(y, k).

@@ -242,7 +242,7 @@ func TestCaptureFilterOwnership(t *testing.T) {
 	modes := []hash.Mode{hash.SourceIP, hash.SourceIPSourcePort, hash.SourceIPSourcePortDestPort}
 	vip := testVIP.String()
 	for round := 0; round < 60; round++ {
-		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32()}
+		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32(), Compat: hash.Compat(round / 3 % 2)}
 		if round%7 == 0 {
 			cfg.Seed = 0
 		}

@@ -216,16 +216,16 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	} else {
 		p = append(p, asm.JEq.Imm(asm.R8, protoICMP, "next"))
 	}
-	p = append(p,
-		asm.LoadMem(asm.R9, asm.RFP, stackIP+12, asm.Word), // saddr
-		asm.HostTo(asm.BE, asm.R9, asm.Word),
-	)
+	p = append(p, asm.LoadMem(asm.R9, asm.RFP, stackIP+12, asm.Word)) // saddr, as x86-64 loads it
+	if cfg.Compat != hash.NFTables {
+		p = append(p, asm.HostTo(asm.BE, asm.R9, asm.Word)) // CLUSTERIP hashes ntohl(saddr)
+	}
 	words, initval := jhashWords(cfg)
 	// The ports as an x86-64 kernel loads them: little-endian, from
 	// PortsOffset into the L4 header; zeros for protocols without ports.
 	p = append(p, asm.StoreImm(asm.RFP, stackPorts, 0, asm.Word))
 	if words > 1 {
-		p = append(p, portsLoad(protos, loadBytes)...)
+		p = append(p, portsLoad(cfg, protos, loadBytes)...)
 	}
 	iv := int32(initval)
 	const a, b, c, t, u = asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
@@ -289,13 +289,21 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	return p
 }
 
-// portsLoad loads the four port bytes at PortsOffset(proto) past the IP
-// header (R7 bytes after the Ethernet header) into stackPorts. A packet too
-// short to hold them is left to user space, as the capture filter does.
-func portsLoad(protos kernelProtos, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
+// portsLoad loads the four port bytes at cfg.PortsOffset(proto) past the
+// IP header (R7 bytes after the Ethernet header) into stackPorts. A packet
+// too short to hold them is left to user space, as the capture filter does.
+func portsLoad(cfg hash.Config, protos kernelProtos, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
 	var p asm.Instructions
+	if cfg.Compat == hash.NFTables {
+		// Every protocol's first four bytes: one load.
+		p = append(p,
+			asm.Mov.Reg(asm.R0, asm.R7),
+			asm.Add.Imm(asm.R0, ethHdrLen),
+		)
+		return append(p, loadBytes(asm.R0, stackPorts, 4)...)
+	}
 	for proto := 0; proto < 256; proto++ {
-		off := hash.PortsOffset(uint8(proto))
+		off := cfg.PortsOffset(uint8(proto))
 		if off < 0 || !protos.takes(uint8(proto)) {
 			continue
 		}

@@ -61,7 +61,7 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 	modes := []hash.Mode{hash.SourceIP, hash.SourceIPSourcePort, hash.SourceIPSourcePortDestPort}
 	vip := testVIP.String()
 	for round := 0; round < 24; round++ {
-		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32()}
+		cfg := hash.Config{Mode: modes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32(), Compat: hash.Compat(round / 6 % 2)}
 		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
 		pass := nodeset.NodeSet(rng.Uint64()) & all
 		kernel := pass & nodeset.NodeSet(rng.Uint64())

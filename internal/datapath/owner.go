@@ -63,7 +63,7 @@ func (o *Owner) flow(p *ipv4Packet) packetFlow {
 			return f
 		}
 	}
-	sport, dport := hash.RawPorts(p.proto, p.l4)
+	sport, dport := o.Hash.RawPorts(p.proto, p.l4)
 	f := packetFlow{
 		node:  o.Hash.Node(p.src, sport, dport),
 		key:   flowKey{src: p.src, sport: sport, dport: dport, proto: p.proto},
@@ -94,7 +94,7 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 	proto := inner[9]
 	var serverPort, clientPort uint16
 	if binary.BigEndian.Uint16(inner[6:8])&ipFragOffMask == 0 {
-		serverPort, clientPort = hash.RawPorts(proto, inner[ihl:])
+		serverPort, clientPort = o.Hash.RawPorts(proto, inner[ihl:])
 	}
 	return packetFlow{
 		node: o.Hash.Node(client, clientPort, serverPort),

@@ -40,46 +40,55 @@ func TestOwnerNode(t *testing.T) {
 		return mkIPv4(testIPHdr{src: client, dst: vip, proto: proto}, l4)
 	}
 
-	// sport and dport are what the kernel hashes, as big-endian numbers:
-	// ports, the halves of an SPI, or zeros for protocols without ports.
+	// sport and dport are what the kernel target hashes, as big-endian
+	// numbers: ports, the halves of an SPI, or zeros for protocols without
+	// ports. nftSport and nftDport are what nftables' "th sport" and "th
+	// dport" read: the header's first four bytes, whatever the protocol.
 	tests := []struct {
-		name         string
-		pkt          []byte
-		sport, dport uint16
+		name               string
+		pkt                []byte
+		sport, dport       uint16
+		nftSport, nftDport uint16
 	}{
-		{"TCP", to(testTCP, mkTCP(40000, 80)), 40000, 80},
-		{"TCP high ports", to(testTCP, mkTCP(65535, 443)), 65535, 443},
-		{"UDP", to(testUDP, mkUDP(5353, 53)), 5353, 53},
-		{"SCTP", to(testSCTP, mkSCTP(1234, 3868)), 1234, 3868},
-		{"ESP SPI halves", to(testESP, mkESP(0x11223344)), 0x1122, 0x3344},
-		{"AH SPI halves after 4 bytes", to(testAH, mkAH(0xa1b2c3d4)), 0xa1b2, 0xc3d4},
-		{"ICMP echo request ports 0", to(protoICMP, mkICMP(8, 0, 0x12340001, []byte("ping"))), 0, 0},
-		{"ICMP echo reply ports 0", to(protoICMP, mkICMP(0, 0, 0x12340001, nil)), 0, 0},
-		{"GRE ports 0", to(testGRE, mkGRE()), 0, 0},
-		{"TCP after IP options", mkIPv4(testIPHdr{src: client, dst: vip, proto: testTCP, options: []byte{1, 1, 1, 0}}, mkTCP(40000, 80)), 40000, 80},
-		{"TCP header cut to 3 bytes", to(testTCP, []byte{0x9c, 0x40, 0x00}), 0, 0},
-		{"UDP exactly 4 bytes", to(testUDP, []byte{0x13, 0x89, 0x00, 0x35}), 5001, 53},
-		{"first fragment of UDP", mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP, flagsOff: ipFlagMF}, mkUDP(5353, 53)), 5353, 53},
+		{"TCP", to(testTCP, mkTCP(40000, 80)), 40000, 80, 40000, 80},
+		{"TCP high ports", to(testTCP, mkTCP(65535, 443)), 65535, 443, 65535, 443},
+		{"UDP", to(testUDP, mkUDP(5353, 53)), 5353, 53, 5353, 53},
+		{"SCTP", to(testSCTP, mkSCTP(1234, 3868)), 1234, 3868, 1234, 3868},
+		{"ESP SPI halves", to(testESP, mkESP(0x11223344)), 0x1122, 0x3344, 0x1122, 0x3344},
+		{"AH SPI halves after 4 bytes", to(testAH, mkAH(0xa1b2c3d4)), 0xa1b2, 0xc3d4, 0x0601, 0x0000},
+		{"ICMP echo request ports 0", to(protoICMP, mkICMP(8, 0, 0x12340001, []byte("ping"))), 0, 0, 0x0800, 0},
+		{"ICMP echo reply ports 0", to(protoICMP, mkICMP(0, 0, 0x12340001, nil)), 0, 0, 0, 0},
+		{"GRE ports 0", to(testGRE, mkGRE()), 0, 0, 0, 0x0800},
+		{"TCP after IP options", mkIPv4(testIPHdr{src: client, dst: vip, proto: testTCP, options: []byte{1, 1, 1, 0}}, mkTCP(40000, 80)), 40000, 80, 40000, 80},
+		{"TCP header cut to 3 bytes", to(testTCP, []byte{0x9c, 0x40, 0x00}), 0, 0, 0, 0},
+		{"UDP exactly 4 bytes", to(testUDP, []byte{0x13, 0x89, 0x00, 0x35}), 5001, 53, 5001, 53},
+		{"first fragment of UDP", mkIPv4(testIPHdr{src: client, dst: vip, proto: testUDP, flagsOff: ipFlagMF}, mkUDP(5353, 53)), 5353, 53, 5353, 53},
 	}
 
-	for _, m := range testModes {
-		for _, total := range []uint32{1, 3, 64} {
-			c := hash.Config{Mode: m, TotalNodes: total, Seed: 0x5eed}
-			o := Owner{Hash: c}
-			distinguished := false
-			for _, tt := range tests {
-				t.Run(fmt.Sprintf("%s/%d/%s", m, total, tt.name), func(t *testing.T) {
-					want := wantNode(t, c, client, tt.sport, tt.dport)
-					if got := o.Node(mustParse(t, tt.pkt)); got != want {
-						t.Fatalf("Node = %d, want %d", got, want)
-					}
-					if want != wantNode(t, c, client, 0, 0) {
-						distinguished = true
-					}
-				})
-			}
-			if m.UsesPorts() && total == 64 && !distinguished {
-				t.Errorf("%s/%d: no packet hashes differently from its ports-zero twin; the table cannot catch ignored ports", m, total)
+	for _, compat := range []hash.Compat{hash.CLUSTERIP, hash.NFTables} {
+		for _, m := range testModes {
+			for _, total := range []uint32{1, 3, 64} {
+				c := hash.Config{Mode: m, TotalNodes: total, Seed: 0x5eed, Compat: compat}
+				o := Owner{Hash: c}
+				distinguished := false
+				for _, tt := range tests {
+					t.Run(fmt.Sprintf("%s/%s/%d/%s", compat, m, total, tt.name), func(t *testing.T) {
+						sport, dport := tt.sport, tt.dport
+						if compat == hash.NFTables {
+							sport, dport = tt.nftSport, tt.nftDport
+						}
+						want := wantNode(t, c, client, sport, dport)
+						if got := o.Node(mustParse(t, tt.pkt)); got != want {
+							t.Fatalf("Node = %d, want %d", got, want)
+						}
+						if want != wantNode(t, c, client, 0, 0) {
+							distinguished = true
+						}
+					})
+				}
+				if m.UsesPorts() && total == 64 && !distinguished {
+					t.Errorf("%s/%s/%d: no packet hashes differently from its ports-zero twin; the table cannot catch ignored ports", compat, m, total)
+				}
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
 )
 
@@ -114,27 +115,14 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 		}},
 		{"kernel", func() error {
 			for i, h := range l.Nodes {
-				if err := l.runAll([][]string{
-					{"ip", "-n", h.NS, "addr", "add", VIP.String() + "/32", "dev", "eth0"},
-					{"ip", "-n", h.NS, "maddr", "add", benchMAC.String(), "dev", "eth0"},
-				}); err != nil {
+				if err := l.NFTablesNode(h, benchMAC, benchHash, i+1); err != nil {
 					return err
-				}
-				cmd := l.Command(h, "nft", "-f", "-")
-				cmd.Stdin = strings.NewReader(nftRecipe(i + 1))
-				if out, err := cmd.CombinedOutput(); err != nil {
-					return fmt.Errorf("nft on %s: %v: %s", h.Name, err, out)
 				}
 			}
 			return nil
 		}, func() error {
 			for _, h := range l.Nodes {
-				l.runAll([][]string{
-					{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "ip", "cip"},
-					{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "arp", "cip"},
-					{"ip", "-n", h.NS, "maddr", "del", benchMAC.String(), "dev", "eth0"},
-					{"ip", "-n", h.NS, "addr", "del", VIP.String() + "/32", "dev", "eth0"},
-				})
+				l.UndoNFTablesNode(h, benchMAC)
 			}
 			return nil
 		}},
@@ -165,26 +153,8 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 	return nil
 }
 
-// nftRecipe is the kernel's own way to build such a cluster today, as
-// Pacemaker's IPaddr2 does on kernels without CLUSTERIP: take the cluster
-// MAC's frames as addressed to the host, drop what another node owns by
-// jhash, and give ARP replies for the VIP the cluster MAC.
-func nftRecipe(local int) string {
-	return fmt.Sprintf(`table ip cip {
-  chain pre {
-    type filter hook prerouting priority -300; policy accept;
-    ip daddr %[1]s meta pkttype multicast meta pkttype set host
-    ip daddr %[1]s jhash ip saddr mod 3 seed 0x0 offset 1 != %[2]d drop
-  }
-}
-table arp cip {
-  chain out {
-    type filter hook output priority 0; policy accept;
-    arp operation reply arp saddr ip %[1]s arp saddr ether set %[3]s
-  }
-}
-`, VIP, local, benchMAC)
-}
+// benchHash is the nftables recipe's hash in the benchmark.
+var benchHash = hash.Config{Mode: hash.SourceIP, TotalNodes: 3, Compat: hash.NFTables}
 
 func (l *Lab) runAll(cmds [][]string) error {
 	for _, c := range cmds {
