@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"errors"
 	"math/bits"
 
@@ -27,36 +26,45 @@ const (
 // seeing them; when their number leaves it (a handoff, another node claiming
 // the number), the flow table must know them, or user space would cut the
 // quiet ones at their next packet.
+//
+// Both socket families are read: a server listening on [::] (Go's default
+// for ":80") holds IPv4 connections as AF_INET6 sockets with mapped
+// addresses, which the datapath keys the same way.
 func (d *Datapath) adoptConnections(numbers nodeset.NodeSet, now int64) {
-	socks, err := netlink.SocketDiagTCP(unix.AF_INET)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		d.log.Error("read TCP connections for the flow table", "err", err)
-		return
-	}
 	adopted := 0
-	for _, s := range socks {
-		local, client := s.ID.Source.To4(), s.ID.Destination.To4()
-		if local == nil || client == nil || [4]byte(local) != d.vip {
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if d.v6 && family == unix.AF_INET {
 			continue
 		}
-		switch s.State {
-		case tcpListen, tcpTimeWait, tcpClose:
+		socks, err := netlink.SocketDiagTCP(family)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			d.log.Error("read TCP connections for the flow table", "family", family, "err", err)
 			continue
 		}
-		// The key as the client's packets carry it: raw ports, as hashed.
-		k := flowKey{
-			src:   binary.BigEndian.Uint32(client),
-			sport: bits.ReverseBytes16(s.ID.DestinationPort),
-			dport: bits.ReverseBytes16(s.ID.SourcePort),
-			proto: protoTCP,
-		}
-		node := d.owner.Hash.Node(k.src, k.sport, k.dport)
-		if !numbers.Contains(node) {
-			continue
-		}
-		closing := s.State == tcpCloseWait || s.State == tcpLastAck || s.State == tcpClosing
-		if d.flows.adopt(k, uint8(node), closing, s.State != tcpSynRecv, now) {
-			adopted++
+		for _, s := range socks {
+			local, client := s.ID.Source.To16(), s.ID.Destination.To16()
+			if local == nil || client == nil || addr(local) != d.vip {
+				continue
+			}
+			switch s.State {
+			case tcpListen, tcpTimeWait, tcpClose:
+				continue
+			}
+			// The key as the client's packets carry it: raw ports, as hashed.
+			k := flowKey{
+				src:   addr(client),
+				sport: bits.ReverseBytes16(s.ID.DestinationPort),
+				dport: bits.ReverseBytes16(s.ID.SourcePort),
+				proto: protoTCP,
+			}
+			node := d.owner.node(&k.src, d.v6, k.sport, k.dport)
+			if !numbers.Contains(node) {
+				continue
+			}
+			closing := s.State == tcpCloseWait || s.State == tcpLastAck || s.State == tcpClosing
+			if d.flows.adopt(k, uint8(node), closing, s.State != tcpSynRecv, now) {
+				adopted++
+			}
 		}
 	}
 	d.log.Debug("adopted connections from the socket table", "numbers", numbers.String(), "adopted", adopted)

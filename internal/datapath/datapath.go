@@ -30,12 +30,13 @@ type Config struct {
 
 // Stats counts what the datapath did with the frames it captured.
 type Stats struct {
-	Owned       uint64 // IPv4 packets handed to the local stack through the TAP
+	Owned       uint64 // packets handed to the local stack through the TAP
 	KernelTaken uint64 // frames the kernel path handed to the local stack
-	NotOwned    uint64 // IPv4 packets that reached user space and were not answered here
+	NotOwned    uint64 // packets that reached user space and were not answered here
 	Held        uint64 // packets held while their number moved here (see Datapath.TakeOver)
 	Malformed   uint64 // frames that failed validation
 	ARPReplies  uint64
+	NDReplies   uint64 // neighbour advertisements answering solicitations
 	HeldFrags   uint64 // fragments held until their first fragment came
 	DroppedFrag uint64 // fragments dropped: table full or owner never known
 	TapErrors   uint64
@@ -49,6 +50,7 @@ func (s *Stats) Add(o Stats) {
 	s.Held += o.Held
 	s.Malformed += o.Malformed
 	s.ARPReplies += o.ARPReplies
+	s.NDReplies += o.NDReplies
 	s.HeldFrags += o.HeldFrags
 	s.DroppedFrag += o.DroppedFrag
 	s.TapErrors += o.TapErrors
@@ -120,12 +122,13 @@ const FlowSweepInterval = 250 * time.Millisecond
 // rebuilt, a driver reloaded): Detach and Attach follow it, keeping the
 // TAP, the policy and the flow table.
 type Datapath struct {
-	cfg     Config
-	vip     [4]byte
-	vipAddr uint32
-	tap     *tapDevice
-	owner   Owner
-	log     *slog.Logger
+	cfg   Config
+	v6    bool    // the VIP is IPv6
+	vip   addr    // the VIP as packets are keyed (IPv4 mapped)
+	vip4  [4]byte // an IPv4 VIP as ARP and the kernel path want it
+	tap   *tapDevice
+	owner Owner
+	log   *slog.Logger
 
 	policy   atomic.Pointer[Policy]
 	filterMu sync.Mutex      // serializes filter swaps and attachment; guards the fields below
@@ -150,10 +153,20 @@ type Datapath struct {
 // attachment is what the datapath has on one incarnation of its interface.
 type attachment struct {
 	ifi     *net.Interface
-	workers []*worker // IPv4, each with its TAP queue
-	arp     *worker
+	workers []*worker // IPv4 or IPv6, each with its TAP queue
+	arp     *worker   // an IPv4 VIP's
+	mld     int       // an IPv6 VIP's: the socket holding its solicited-node group, or 0
 	stop    atomic.Bool
 	wg      sync.WaitGroup
+}
+
+// closeGroups leaves the multicast groups the attachment joined on
+// sockets of their own.
+func (a *attachment) closeGroups() {
+	if a.mld > 0 {
+		unix.Close(a.mld)
+		a.mld = 0
+	}
 }
 
 // readers returns every worker: the IPv4 ones and the ARP one.
@@ -168,8 +181,8 @@ func (a *attachment) readers() []*worker {
 // interface's sysctls are the caller's business: they are shared by every
 // cluster on the interface.
 func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error) {
-	if !cfg.VIP.Is4() {
-		return nil, fmt.Errorf("datapath: VIP %s is not IPv4", cfg.VIP)
+	if !cfg.VIP.IsValid() || cfg.VIP.Zone() != "" || cfg.VIP.Is4In6() {
+		return nil, fmt.Errorf("datapath: VIP %s: want an IPv4 or IPv6 address without zone", cfg.VIP)
 	}
 	if err := cfg.Hash.Validate(); err != nil {
 		return nil, fmt.Errorf("datapath: %w", err)
@@ -179,13 +192,16 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	}
 	d := &Datapath{
 		cfg:   cfg,
-		vip:   cfg.VIP.As4(),
+		v6:    cfg.VIP.Is6(),
+		vip:   cfg.VIP.As16(),
 		owner: Owner{Hash: cfg.Hash},
 		flows: newFlowTable(DefaultMaxFlows),
 		stop:  make(chan struct{}),
 		log:   log.With("vip", cfg.VIP.String()),
 	}
-	d.vipAddr = uint32(d.vip[0])<<24 | uint32(d.vip[1])<<16 | uint32(d.vip[2])<<8 | uint32(d.vip[3])
+	if !d.v6 {
+		d.vip4 = cfg.VIP.As4()
+	}
 	d.policy.Store(&Policy{Serve: nodes})
 	d.filtered = nodes
 	d.flowSt.Store(&FlowStats{})
@@ -226,11 +242,21 @@ func (d *Datapath) Attach() error {
 		for _, w := range a.readers() {
 			w.sock.close()
 		}
+		a.closeGroups()
 		return err
+	}
+	etherType := uint16(unix.ETH_P_IP)
+	if d.v6 {
+		etherType = unix.ETH_P_IPV6
+		// Neighbours solicit the VIP at its solicited-node group: join it
+		// as the stack would, so that MLD-snooping switches forward it.
+		if a.mld, err = joinSolicitedNode(ifi, d.cfg.VIP); err != nil {
+			return fail(err)
+		}
 	}
 	var group uint16
 	for i := 0; i < d.cfg.Workers; i++ {
-		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_IP, filter)
+		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, etherType, filter)
 		if err != nil {
 			return fail(err)
 		}
@@ -242,20 +268,23 @@ func (d *Datapath) Attach() error {
 			return fail(fmt.Errorf("packet socket on %s: %w", ifi.Name, err))
 		}
 	}
-	// ARP needs no TAP and no fanout: one socket, whose filter (the same
-	// program) never changes, since ARP does not depend on the numbers.
-	sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_ARP, filter)
-	if err != nil {
-		return fail(err)
+	if !d.v6 {
+		// ARP needs no TAP and no fanout: one socket, whose filter (the
+		// same program) never changes, since ARP does not depend on the
+		// numbers.
+		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_ARP, filter)
+		if err != nil {
+			return fail(err)
+		}
+		a.arp = newWorker(d, a, sock, -1, maxARPFrame)
 	}
-	a.arp = newWorker(d, a, sock, -1, maxARPFrame)
 	for _, w := range a.readers() {
 		a.wg.Add(1)
 		go w.run()
 	}
 	d.att = a
-	if d.cfg.KernelPath {
-		if d.kernel, err = openKernelPath(ifi.Index, d.vip, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
+	if d.cfg.KernelPath && !d.v6 {
+		if d.kernel, err = openKernelPath(ifi.Index, d.vip4, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
 			d.log.Warn("serving in user space only", "err", err)
 			d.kernel = nil
 		} else {
@@ -266,7 +295,7 @@ func (d *Datapath) Attach() error {
 		}
 	}
 	if err := d.announceLocked(); err != nil {
-		d.log.Warn("gratuitous ARP failed", "err", err)
+		d.log.Warn("announcing the VIP failed", "err", err)
 	}
 	return nil
 }
@@ -302,6 +331,7 @@ func (d *Datapath) detachLocked() {
 		w.sock.close()
 		w.addStats(&d.retired)
 	}
+	a.closeGroups()
 }
 
 // Nodes returns the node numbers this node answers for.
@@ -518,7 +548,8 @@ func (d *Datapath) sweep() {
 	}
 }
 
-// Announce sends a gratuitous ARP so that neighbours that cached another MAC
+// Announce sends a gratuitous ARP (for IPv6, an unsolicited neighbour
+// advertisement to all nodes) so that neighbours that cached another MAC
 // for the VIP move to the cluster MAC.
 func (d *Datapath) Announce() error {
 	d.filterMu.Lock()
@@ -530,9 +561,15 @@ func (d *Datapath) announceLocked() error {
 	if d.att == nil {
 		return fmt.Errorf("announce %s: interface %s not attached", d.cfg.VIP, d.cfg.Interface)
 	}
-	f, err := arpFrame(broadcastMAC, d.att.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip, make(net.HardwareAddr, 6), d.vip)
-	if err == nil {
-		err = d.att.arp.sock.send(f, broadcastMAC)
+	var err error
+	if d.v6 {
+		err = d.att.workers[0].send(unsolicitedAdvertFrame(d.att.ifi.HardwareAddr, d.vip, d.cfg.ClusterMAC), allNodesMAC)
+	} else {
+		var f []byte
+		f, err = arpFrame(broadcastMAC, d.att.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip4, make(net.HardwareAddr, 6), d.vip4)
+		if err == nil {
+			err = d.att.arp.send(f, broadcastMAC)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("announce %s: %w", d.cfg.VIP, err)

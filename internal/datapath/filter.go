@@ -40,11 +40,17 @@ const (
 // such a frame was not meant for the cluster (a stale ARP entry), and taking it
 // as well would answer it twice.
 func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config, pass nodeset.NodeSet) ([]bpf.RawInstruction, error) {
-	if !vip.Is4() || len(clusterMAC) != 6 {
-		return nil, fmt.Errorf("capture filter: need an IPv4 VIP and a 6-byte MAC, got %s and %s", vip, clusterMAC)
+	if !vip.IsValid() || vip.Is4In6() || len(clusterMAC) != 6 {
+		return nil, fmt.Errorf("capture filter: need a VIP and a 6-byte MAC, got %s and %s", vip, clusterMAC)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("capture filter: %w", err)
+	}
+	if vip.Is6() {
+		if cfg.Compat != hash.NFTables {
+			return nil, fmt.Errorf("capture filter: IPv6 VIP %s needs the nftables hash", vip)
+		}
+		return captureFilter6(vip, clusterMAC, cfg, pass)
 	}
 	v4 := vip.As4()
 	ip := binary.BigEndian.Uint32(v4[:])

@@ -218,7 +218,7 @@ func TestCaptureFilterErrors(t *testing.T) {
 		vip  netip.Addr
 		mac  net.HardwareAddr
 	}{
-		{"IPv6 VIP", netip.MustParseAddr("2001:db8::1"), testClusterMAC},
+		{"IPv6 VIP, CLUSTERIP hash", netip.MustParseAddr("2001:db8::1"), testClusterMAC},
 		{"IPv4-mapped VIP", netip.MustParseAddr("::ffff:192.0.2.10"), testClusterMAC},
 		{"zero VIP", netip.Addr{}, testClusterMAC},
 		{"nil MAC", testVIP, nil},
@@ -259,7 +259,7 @@ func TestCaptureFilterOwnership(t *testing.T) {
 			}
 			ipb := mkIPv4(h, l4)
 			frame := mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)
-			var p ipv4Packet
+			var p ipPacket
 			if !parseIPv4(ipb, &p) {
 				t.Fatal("test packet does not parse")
 			}

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,17 +36,22 @@ const (
 
 // flowKey is a connection as the client sends it. Ports are raw, as hashed.
 type flowKey struct {
-	src          uint32
+	src          addr
 	sport, dport uint16
 	proto        uint8
 }
 
-// FlowID names a connection in a handoff message: the client's address,
-// the ports as the client sends them (raw, as hashed) and the protocol.
+// FlowID names a connection in a handoff message: the client's address
+// (IPv6, or IPv4 mapped into IPv6), the ports as the client sends them
+// (raw, as hashed) and the protocol.
 type FlowID struct {
-	Src          uint32
+	Src          [16]byte
 	SPort, DPort uint16
 	Proto        uint8
+}
+
+func (k flowKey) id() FlowID {
+	return FlowID{Src: k.src, SPort: k.sport, DPort: k.dport, Proto: k.proto}
 }
 
 type flow struct {
@@ -119,7 +125,9 @@ func newFlowTable(max int) *flowTable {
 
 // shard returns the shard of k (a multiplicative hash of its fields).
 func (t *flowTable) shard(k flowKey) *flowShard {
-	h := (k.src ^ uint32(k.sport)<<16 ^ uint32(k.dport) ^ uint32(k.proto)<<8) * 0x9e3779b1
+	src := binary.LittleEndian.Uint32(k.src[0:]) ^ binary.LittleEndian.Uint32(k.src[4:]) ^
+		binary.LittleEndian.Uint32(k.src[8:]) ^ binary.LittleEndian.Uint32(k.src[12:])
+	h := (src ^ uint32(k.sport)<<16 ^ uint32(k.dport) ^ uint32(k.proto)<<8) * 0x9e3779b1
 	return &t.shards[h>>(32-6)]
 }
 
@@ -314,7 +322,7 @@ func (t *flowTable) kept(node uint8, cutoff int64, max int) (ids []FlowID, compl
 				complete = false
 				continue
 			}
-			ids = append(ids, FlowID{Src: k.src, SPort: k.sport, DPort: k.dport, Proto: k.proto})
+			ids = append(ids, k.id())
 		}
 		s.mu.Unlock()
 	}
@@ -337,7 +345,7 @@ func (t *flowTable) settle(node uint8, theirs map[FlowID]bool, now int64) (answe
 			if !e.foreign || e.node != node {
 				continue
 			}
-			id := FlowID{Src: k.src, SPort: k.sport, DPort: k.dport, Proto: k.proto}
+			id := k.id()
 			switch {
 			case theirs == nil || theirs[id] || k.proto == protoTCP && e.opened:
 				t.releaseHeldLocked(s, k)

@@ -39,11 +39,11 @@ func (r *judgeRig) judge(f packetFlow, now int64) verdict {
 
 // Packets of test flows: node is the number they hash to.
 func tcpSYN(port uint16, node int) packetFlow {
-	return packetFlow{node: node, key: flowKey{src: 0xc6336407, sport: port, dport: 80, proto: protoTCP}, opens: true, syn: true}
+	return packetFlow{node: node, key: flowKey{src: addr4(0xc6336407), sport: port, dport: 80, proto: protoTCP}, opens: true, syn: true}
 }
 
 func tcpACK(port uint16, node int) packetFlow {
-	return packetFlow{node: node, key: flowKey{src: 0xc6336407, sport: port, dport: 80, proto: protoTCP}}
+	return packetFlow{node: node, key: flowKey{src: addr4(0xc6336407), sport: port, dport: 80, proto: protoTCP}}
 }
 
 func tcpFIN(port uint16, node int) packetFlow {
@@ -53,7 +53,7 @@ func tcpFIN(port uint16, node int) packetFlow {
 }
 
 func udp(port uint16, node int) packetFlow {
-	return packetFlow{node: node, key: flowKey{src: 0xc6336407, sport: port, dport: 53, proto: protoUDP}, opens: true}
+	return packetFlow{node: node, key: flowKey{src: addr4(0xc6336407), sport: port, dport: 53, proto: protoUDP}, opens: true}
 }
 
 func (v verdict) String() string {
@@ -149,7 +149,7 @@ func TestJudge(t *testing.T) {
 func (r *judgeRig) fill(count int, node int, now int64) {
 	for i := range count {
 		f := udp(uint16(i), node)
-		f.key.src = uint32(i)*2654435761 + 7
+		f.key.src = addr4(uint32(i)*2654435761 + 7)
 		r.judge(f, now)
 	}
 }
@@ -176,7 +176,7 @@ func TestFlowTableRoomForAdoptedConnections(t *testing.T) {
 	}
 	var conns []flowKey
 	for i := range 500 {
-		k := flowKey{src: 0x0a000001, sport: uint16(20000 + i), dport: 80, proto: protoTCP}
+		k := flowKey{src: addr4(0x0a000001), sport: uint16(20000 + i), dport: 80, proto: protoTCP}
 		if !r.flows.adopt(k, 1, false, true, 1) {
 			t.Fatalf("connection %d found no room in a table full of spoofed flows", i)
 		}
@@ -387,7 +387,7 @@ func TestKeptListCompleteness(t *testing.T) {
 	}
 	// A shard with nothing evictable refuses: adopted flows only.
 	for i := range 4 * flowShards {
-		r.flows.adopt(flowKey{src: uint32(i), sport: 1, dport: 80, proto: protoTCP}, 1, false, true, 1)
+		r.flows.adopt(flowKey{src: addr4(uint32(i)), sport: 1, dport: 80, proto: protoTCP}, 1, false, true, 1)
 	}
 	if _, complete := r.flows.kept(1, cutoff, 1<<20); complete {
 		t.Fatal("complete although flows found no room since the cutoff")

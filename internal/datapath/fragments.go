@@ -21,10 +21,12 @@ const (
 	fragSpans = 8
 )
 
-// fragKey names one IPv4 datagram to the VIP (the destination is implied).
+// fragKey names one datagram to the VIP (the destination is implied). For
+// IPv6, proto is the fragment header's next header, the same in every
+// fragment.
 type fragKey struct {
-	src   uint32
-	id    uint16
+	src   addr
+	id    uint32
 	proto uint8
 }
 
@@ -43,10 +45,10 @@ type fragPiece struct {
 	last     bool // more-fragments clear: end is the datagram's length
 }
 
-// pieceOf is the piece an IPv4 fragment carries.
-func pieceOf(p *ipv4Packet) fragPiece {
+// pieceOf is the piece a fragment carries.
+func pieceOf(p *ipPacket) fragPiece {
 	off := uint32(p.fragOff) * 8
-	return fragPiece{off: off, end: off + uint32(len(p.l4)), last: !p.more}
+	return fragPiece{off: off, end: off + p.fragLen, last: !p.more}
 }
 
 type fragSpan struct{ off, end uint32 }

@@ -8,7 +8,7 @@ import (
 
 const tSec = int64(time.Second)
 
-func fragTestKey(n int) fragKey { return fragKey{src: 0xc6336407, id: uint16(n), proto: testUDP} }
+func fragTestKey(n int) fragKey { return fragKey{src: addr4(0xc6336407), id: uint32(n), proto: testUDP} }
 
 // pieces of a datagram of 3000 bytes in fragments of 1480, as Linux sends it
 // over a 1500-byte MTU.
@@ -59,7 +59,7 @@ func TestFragTableFirstThenLater(t *testing.T) {
 	// another datagram.
 	for _, o := range []fragKey{
 		{src: k.src, id: 2, proto: testUDP},
-		{src: k.src + 1, id: 1, proto: testUDP},
+		{src: addr4(k.src.v4() + 1), id: 1, proto: testUDP},
 		{src: k.src, id: 1, proto: testTCP},
 	} {
 		if v := ft.later(o, piece1); v != fragUnknown {
@@ -109,7 +109,7 @@ func TestFragTableCompletedDatagramsFreed(t *testing.T) {
 	ft := newFragTable()
 	now := int64(0)
 	for i := range 100_000 {
-		k := fragKey{src: uint32(i / 65536), id: uint16(i), proto: testUDP}
+		k := fragKey{src: addr4(uint32(i / 65536)), id: uint32(uint16(i)), proto: testUDP}
 		now += int64(200 * time.Microsecond) // 5,000 datagrams a second
 		want := fragAccept
 		if i%3 == 0 {
@@ -202,11 +202,11 @@ func TestFragTableSpoofedFlood(t *testing.T) {
 	const legit = 2000
 	for i := range legit {
 		for range 100 { // line rate of bogus fragments between two real datagrams
-			k := fragKey{src: rng.Uint32(), id: uint16(rng.Uint32()), proto: testUDP}
+			k := fragKey{src: addr4(rng.Uint32()), id: uint32(uint16(rng.Uint32())), proto: testUDP}
 			ft.hold(k, junk, fragPiece{off: 1480, end: 2960}, now)
 			now += int64(time.Microsecond)
 		}
-		k := fragKey{src: 0xc6336407, id: uint16(i), proto: testUDP}
+		k := fragKey{src: addr4(0xc6336407), id: uint32(uint16(i)), proto: testUDP}
 		ft.first(k, fragAccept, piece0, now)
 		if ft.later(k, piece1) == fragAccept && ft.later(k, piece2) == fragAccept {
 			ok++
@@ -221,10 +221,10 @@ func TestFragTableSpoofedFlood(t *testing.T) {
 	}
 	// Out of order, a real datagram's later fragments are held and
 	// released by the first, in the middle of the flood too.
-	k := fragKey{src: 0xc6336408, id: 1, proto: testUDP}
+	k := fragKey{src: addr4(0xc6336408), id: 1, proto: testUDP}
 	ft.hold(k, []byte("later"), piece2, now)
 	for range 1000 {
-		ft.hold(fragKey{src: rng.Uint32(), id: 9, proto: testUDP}, junk[:100], piece1, now)
+		ft.hold(fragKey{src: addr4(rng.Uint32()), id: 9, proto: testUDP}, junk[:100], piece1, now)
 	}
 	if held := ft.first(k, fragAccept, piece0, now); len(held) != 1 {
 		t.Errorf("held fragment lost to %d bogus ones since", 1000)

@@ -158,8 +158,86 @@ func mkARP(op uint16, sha net.HardwareAddr, spa string, tha net.HardwareAddr, tp
 	return b
 }
 
-// mkAddr4 returns a as a host-order integer, as parseIPv4 fills ipv4Packet.
-func mkAddr4(a string) uint32 {
-	b := netip.MustParseAddr(a).As4()
-	return binary.BigEndian.Uint32(b[:])
+// mkAddr4 returns the IPv4 address a as parseIPv4 fills ipPacket: mapped.
+func mkAddr4(a string) addr {
+	return netip.MustParseAddr(a).As16()
+}
+
+var (
+	testVIP6        = netip.MustParseAddr("2001:db8::10")
+	testClusterMAC6 = net.HardwareAddr{0x33, 0x33, 0x00, 0x00, 0x00, 0x10}
+)
+
+// testExt is an IPv6 extension header for mkIPv6: its type and its bytes
+// after the next-header field (for all but the fragment header, padded to
+// a multiple of 8 with the length field filled in by mkIPv6).
+type testExt struct {
+	typ  uint8
+	body []byte
+}
+
+// extFrag is a fragment header: offset in 8-byte units, more flag, id.
+func extFrag(off uint16, more bool, id uint32) testExt {
+	b := make([]byte, 7)
+	fo := off << 3
+	if more {
+		fo |= 1
+	}
+	binary.BigEndian.PutUint16(b[1:3], fo)
+	binary.BigEndian.PutUint32(b[3:7], id)
+	return testExt{typ: 44, body: b}
+}
+
+// extOpts is an empty hop-by-hop (0) or destination options (60) header,
+// or a routing header (43), of 8*(n+1) bytes.
+func extOpts(typ uint8, n int) testExt {
+	b := make([]byte, 7+8*n)
+	b[0] = byte(n)
+	if typ != 43 {
+		b[1] = 1 // PadN over the rest
+		b[2] = byte(len(b) - 3)
+	}
+	return testExt{typ: typ, body: b}
+}
+
+// mkIPv6 returns an IPv6 packet from src to dst with the extension headers
+// exts, then a transport header of protocol proto.
+func mkIPv6(src, dst string, exts []testExt, proto uint8, payload []byte) []byte {
+	b := make([]byte, 40)
+	b[0] = 0x60
+	b[7] = 64
+	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	next := &b[6]
+	for _, e := range exts {
+		*next = e.typ
+		at := len(b)
+		b = append(b, 0)
+		b = append(b, e.body...)
+		next = &b[at]
+	}
+	*next = proto
+	b = append(b, payload...)
+	binary.BigEndian.PutUint16(b[4:6], uint16(len(b)-40))
+	return b
+}
+
+// mkICMPv6 returns an ICMPv6 message from src to dst with a correct
+// checksum: type, code, checksum, the 4-byte rest of header and body.
+func mkICMPv6(src, dst string, typ, code uint8, rest uint32, body []byte) []byte {
+	b := make([]byte, 8, 8+len(body))
+	b[0], b[1] = typ, code
+	binary.BigEndian.PutUint32(b[4:8], rest)
+	b = append(b, body...)
+	s, d := addr(netip.MustParseAddr(src).As16()), addr(netip.MustParseAddr(dst).As16())
+	binary.BigEndian.PutUint16(b[2:4], icmpv6Checksum(&s, &d, b))
+	return b
+}
+
+// mkNS returns a neighbour solicitation's ICMPv6 message for target, with
+// the given options, its checksum right for src and dst.
+func mkNS(src, dst, target string, opts []byte) []byte {
+	t := netip.MustParseAddr(target).As16()
+	return mkICMPv6(src, dst, ndNeighborSolicit, 0, 0, append(t[:], opts...))
 }

@@ -88,7 +88,7 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 				mac = testNICMAC
 			}
 			frame := mkEther(mac, testClientMAC, etherTypeIPv4, ipb)
-			var p ipv4Packet
+			var p ipPacket
 			if !parseIPv4(ipb, &p) {
 				t.Fatal("test packet does not parse")
 			}
@@ -138,7 +138,7 @@ func BenchmarkKernelPath(b *testing.B) {
 	}
 	cfg := hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7}
 	o := Owner{Hash: cfg}
-	var p ipv4Packet
+	var p ipPacket
 	frames := map[int][]byte{} // node -> a frame owned by it
 	for port := uint16(1024); len(frames) < 2; port++ {
 		ipb := mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(port, 80))

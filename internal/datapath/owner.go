@@ -15,6 +15,10 @@ func icmpIsError(typ uint8) bool {
 	return false
 }
 
+// ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time
+// exceeded, parameter problem. Every one quotes the packet it is about.
+func icmpv6IsError(typ uint8) bool { return typ >= 1 && typ <= 4 }
+
 // Owner is the ownership decision for one cluster.
 type Owner struct {
 	Hash hash.Config
@@ -23,14 +27,14 @@ type Owner struct {
 // needsFragmentTable tells whether p is a fragment whose owner depends on
 // fields that only its datagram's first fragment carries (ports, or the
 // quoted flow of an ICMP error).
-func (o *Owner) needsFragmentTable(p *ipv4Packet) bool {
-	return p.fragment() && (o.Hash.Mode.UsesPorts() || p.proto == protoICMP)
+func (o *Owner) needsFragmentTable(p *ipPacket) bool {
+	return p.fragment() && (o.Hash.Mode.UsesPorts() || p.isICMP())
 }
 
 // viaFragmentTable tells whether p is judged through the fragment table.
 // With flow tracking every fragment is: a later fragment's "ports" are
 // payload, and must not be judged as a flow.
-func (d *Datapath) viaFragmentTable(p *ipv4Packet) bool {
+func (d *Datapath) viaFragmentTable(p *ipPacket) bool {
 	return d.owner.needsFragmentTable(p) || (p.fragment() && d.policy.Load().Track)
 }
 
@@ -44,10 +48,18 @@ type packetFlow struct {
 	closes bool // a TCP FIN or RST
 }
 
-// Node returns the node (1..total) that owns an IPv4 packet to the VIP. For
-// a first fragment the answer holds for the whole datagram; later fragments
+// Node returns the node (1..total) that owns a packet to the VIP. For a
+// first fragment the answer holds for the whole datagram; later fragments
 // that needsFragmentTable names are resolved through the fragment table.
-func (o *Owner) Node(p *ipv4Packet) int { return o.flow(p).node }
+func (o *Owner) Node(p *ipPacket) int { return o.flow(p).node }
+
+// node hashes a packet from client src with raw ports sport and dport.
+func (o *Owner) node(src *addr, v6 bool, sport, dport uint16) int {
+	if v6 {
+		return o.Hash.Node6((*[16]byte)(src), sport, dport)
+	}
+	return o.Hash.Node(src.v4(), sport, dport)
+}
 
 // flow hashes a packet and names its connection.
 //
@@ -57,15 +69,20 @@ func (o *Owner) Node(p *ipv4Packet) int { return o.flow(p).node }
 // destination port. Without this, "fragmentation needed" from a router would
 // land on the node the router's address hashes to and path-MTU discovery
 // would break for every other node's connections.
-func (o *Owner) flow(p *ipv4Packet) packetFlow {
-	if p.proto == protoICMP {
+func (o *Owner) flow(p *ipPacket) packetFlow {
+	switch {
+	case p.v6 && p.proto == protoICMPv6:
+		if f, ok := o.icmpv6ErrorFlow(p.l4); ok {
+			return f
+		}
+	case !p.v6 && p.proto == protoICMP:
 		if f, ok := o.icmpErrorFlow(p.l4); ok {
 			return f
 		}
 	}
 	sport, dport := o.Hash.RawPorts(p.proto, p.l4)
 	f := packetFlow{
-		node:  o.Hash.Node(p.src, sport, dport),
+		node:  o.node(&p.src, p.v6, sport, dport),
 		key:   flowKey{src: p.src, sport: sport, dport: dport, proto: p.proto},
 		opens: true,
 	}
@@ -90,14 +107,39 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 	if ihl < ipv4MinHdrLen || ihl > len(inner) {
 		return packetFlow{}, false
 	}
-	client := binary.BigEndian.Uint32(inner[16:20])
+	client := addr4(binary.BigEndian.Uint32(inner[16:20]))
 	proto := inner[9]
 	var serverPort, clientPort uint16
 	if binary.BigEndian.Uint16(inner[6:8])&ipFragOffMask == 0 {
 		serverPort, clientPort = o.Hash.RawPorts(proto, inner[ihl:])
 	}
 	return packetFlow{
-		node: o.Hash.Node(client, clientPort, serverPort),
+		node: o.node(&client, false, clientPort, serverPort),
+		key:  flowKey{src: client, sport: clientPort, dport: serverPort, proto: proto},
+	}, true
+}
+
+// icmpv6ErrorFlow is icmpErrorFlow for ICMPv6: the quoted packet's
+// extension headers are walked as far as the quote goes (routers cut it
+// to fit 1280 bytes); if the walk cannot reach the transport header, or
+// the quote is a later fragment, the ports hash as zeros.
+func (o *Owner) icmpv6ErrorFlow(icmp []byte) (packetFlow, bool) {
+	if len(icmp) < 8+ipv6HdrLen || !icmpv6IsError(icmp[0]) {
+		return packetFlow{}, false
+	}
+	inner := icmp[8:]
+	if inner[0]>>4 != 6 {
+		return packetFlow{}, false
+	}
+	var client addr
+	copy(client[:], inner[24:40])
+	var serverPort, clientPort uint16
+	proto, l4, ok := quotedTransport(inner)
+	if ok {
+		serverPort, clientPort = o.Hash.RawPorts(proto, l4)
+	}
+	return packetFlow{
+		node: o.node(&client, true, clientPort, serverPort),
 		key:  flowKey{src: client, sport: clientPort, dport: serverPort, proto: proto},
 	}, true
 }
@@ -127,7 +169,7 @@ func (o *Owner) icmpErrorFlow(icmp []byte) (packetFlow, bool) {
 //
 // now is the time the packet's batch was read: one clock read per batch.
 // frame is the packet as read (virtio-net header first), kept if held.
-func (d *Datapath) accept(p *ipv4Packet, frame []byte, now int64) verdict {
+func (d *Datapath) accept(p *ipPacket, frame []byte, now int64) verdict {
 	f := d.owner.flow(p)
 	if pol := d.policy.Load(); !pol.Track {
 		if pol.Serve.Contains(f.node) {

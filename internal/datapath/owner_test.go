@@ -24,9 +24,9 @@ func wantNode(t *testing.T, c hash.Config, src string, sport, dport uint16) int 
 }
 
 // mustParse parses an IPv4 packet built by the test.
-func mustParse(t *testing.T, b []byte) *ipv4Packet {
+func mustParse(t *testing.T, b []byte) *ipPacket {
 	t.Helper()
-	var p ipv4Packet
+	var p ipPacket
 	if !parseIPv4(b, &p) {
 		t.Fatalf("parseIPv4 rejected a well-formed packet % x", b)
 	}
@@ -299,37 +299,37 @@ func TestParseIPv4(t *testing.T) {
 		name string
 		b    []byte
 		ok   bool
-		want ipv4Packet
+		want ipPacket
 	}{
 		{
 			name: "UDP first fragment",
 			b:    valid,
 			ok:   true,
-			want: ipv4Packet{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: mkUDP(1, 2)},
+			want: ipPacket{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: mkUDP(1, 2)},
 		},
 		{
 			name: "options skipped",
 			b:    withOptions,
 			ok:   true,
-			want: ipv4Packet{src: mkAddr4(src), dst: mkAddr4(dst), proto: testTCP, l4: mkTCP(1, 2)},
+			want: ipPacket{src: mkAddr4(src), dst: mkAddr4(dst), proto: testTCP, l4: mkTCP(1, 2)},
 		},
 		{
 			name: "trailing bytes cut to total length",
 			b:    append(bytes.Clone(valid), 0xde, 0xad, 0xbe, 0xef, 0, 0),
 			ok:   true,
-			want: ipv4Packet{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: mkUDP(1, 2)},
+			want: ipPacket{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: mkUDP(1, 2)},
 		},
 		{
 			name: "total length equal to IHL",
 			b:    edit(valid, setTotal(20)),
 			ok:   true,
-			want: ipv4Packet{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: []byte{}},
+			want: ipPacket{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, fragOff: 3, more: true, proto: testUDP, l4: []byte{}},
 		},
 		{
 			name: "DF and the reserved bit are not fragment bits",
 			b:    edit(valid, func(b []byte) { b[6], b[7] = 0xc0, 0 }),
 			ok:   true,
-			want: ipv4Packet{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, proto: testUDP, l4: mkUDP(1, 2)},
+			want: ipPacket{src: mkAddr4(src), dst: mkAddr4(dst), id: 0xbeef, proto: testUDP, l4: mkUDP(1, 2)},
 		},
 		{name: "empty"},
 		{name: "19 bytes", b: valid[:19]},
@@ -346,7 +346,7 @@ func TestParseIPv4(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var p ipv4Packet
+			var p ipPacket
 			ok := parseIPv4(tt.b, &p)
 			if ok != tt.ok {
 				t.Fatalf("parseIPv4 = %v, want %v", ok, tt.ok)

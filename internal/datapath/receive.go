@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"net"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,9 @@ type worker struct {
 	att   *attachment
 	beat  atomic.Int64 // when the reader last came round its loop (Unix ns)
 	sock  *captureSocket
+	// send writes a frame out of the interface: the socket's, or in tests
+	// a recorder.
+	send  func(frame []byte, dst net.HardwareAddr) error
 	tap   int
 	frags *fragTable
 	batch *batch
@@ -31,7 +35,7 @@ type worker struct {
 }
 
 type counters struct {
-	owned, notOwned, held, malformed, arpReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
+	owned, notOwned, held, malformed, arpReplies, ndReplies, heldFrags, droppedFrag, tapErrors atomic.Uint64
 }
 
 // addTo adds the counters to s.
@@ -41,6 +45,7 @@ func (c *counters) addTo(s *Stats) {
 	s.Held += c.held.Load()
 	s.Malformed += c.malformed.Load()
 	s.ARPReplies += c.arpReplies.Load()
+	s.NDReplies += c.ndReplies.Load()
 	s.HeldFrags += c.heldFrags.Load()
 	s.DroppedFrag += c.droppedFrag.Load()
 	s.TapErrors += c.tapErrors.Load()
@@ -55,7 +60,7 @@ func (w *worker) addStats(s *Stats) {
 // newWorker makes a worker for frames of up to maxFrame bytes that writes to
 // the TAP queue tapFD (-1 for the ARP worker, which never does).
 func newWorker(d *Datapath, a *attachment, sock *captureSocket, tapFD, maxFrame int) *worker {
-	return &worker{d: d, att: a, sock: sock, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
+	return &worker{d: d, att: a, sock: sock, send: sock.send, tap: tapFD, frags: newFragTable(), batch: newBatch(vnetHdrLen + maxFrame)}
 }
 
 // run reads batches of frames until its attachment ends; each frame is
@@ -106,7 +111,27 @@ func (w *worker) handle(b []byte, now int64) {
 	frame := b[vnetHdrLen:]
 	switch binary.BigEndian.Uint16(frame[12:14]) {
 	case etherTypeIPv4:
-		w.handleIPv4(b, now)
+		var p ipPacket
+		if w.d.v6 || !parseIPv4(frame[ethHdrLen:], &p) || p.dst != w.d.vip {
+			w.stats.malformed.Add(1)
+			return
+		}
+		w.handleIP(&p, b, now)
+	case etherTypeIPv6:
+		var p ipPacket
+		if !w.d.v6 || !parseIPv6(frame[ethHdrLen:], &p) {
+			w.stats.malformed.Add(1)
+			return
+		}
+		if p.proto == protoICMPv6 && len(p.l4) > 0 && p.l4[0] == ndNeighborSolicit {
+			w.handleNS(frame, &p)
+			return
+		}
+		if p.dst != w.d.vip {
+			w.stats.malformed.Add(1)
+			return
+		}
+		w.handleIP(&p, b, now)
 	case etherTypeARP:
 		w.handleARP(frame)
 	default:
@@ -114,15 +139,11 @@ func (w *worker) handle(b []byte, now int64) {
 	}
 }
 
-func (w *worker) handleIPv4(b []byte, now int64) {
+// handleIP decides one IPv4 or IPv6 packet to the VIP: the per-packet path.
+func (w *worker) handleIP(p *ipPacket, b []byte, now int64) {
 	d := w.d
-	var p ipv4Packet
-	if !parseIPv4(b[vnetHdrLen+ethHdrLen:], &p) || p.dst != d.vipAddr {
-		w.stats.malformed.Add(1)
-		return
-	}
-	if !d.viaFragmentTable(&p) {
-		switch d.accept(&p, b, now) {
+	if !d.viaFragmentTable(p) {
+		switch d.accept(p, b, now) {
 		case verdictAnswer:
 			w.deliver(b, true)
 		case verdictHold:
@@ -133,11 +154,11 @@ func (w *worker) handleIPv4(b []byte, now int64) {
 		return
 	}
 	k := fragKey{src: p.src, id: p.id, proto: p.proto}
-	piece := pieceOf(&p)
+	piece := pieceOf(p)
 	if p.fragOff == 0 {
 		// A fragmented datagram is never held: its later fragments would
 		// have to be held with it.
-		ok := d.accept(&p, nil, now) == verdictAnswer
+		ok := d.accept(p, nil, now) == verdictAnswer
 		v := fragDrop
 		if ok {
 			v = fragAccept
@@ -174,13 +195,16 @@ func (w *worker) deliver(b []byte, accepted bool) {
 // the client learns one MAC whoever replies first.
 func (w *worker) handleARP(frame []byte) {
 	d := w.d
-	sha, spa, ok := arpRequestForVIP(frame, d.vip)
+	if d.v6 {
+		return
+	}
+	sha, spa, ok := arpRequestForVIP(frame, d.vip4)
 	if !ok {
 		return
 	}
-	reply, err := arpFrame(sha, w.att.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip, sha, spa)
+	reply, err := arpFrame(sha, w.att.ifi.HardwareAddr, arpOpReply, d.cfg.ClusterMAC, d.vip4, sha, spa)
 	if err == nil {
-		err = w.sock.send(reply, sha)
+		err = w.send(reply, sha)
 	}
 	if err != nil {
 		d.log.Warn("ARP reply", "to", sha.String(), "err", err)

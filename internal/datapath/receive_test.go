@@ -22,7 +22,7 @@ import (
 // or 0 when the fragment table must name it, and false for a frame that is
 // dropped as malformed.
 func testDecide(o *Owner, ip []byte) (int, bool) {
-	var p ipv4Packet
+	var p ipPacket
 	if !parseIPv4(ip, &p) {
 		return 0, false
 	}
@@ -65,7 +65,7 @@ func FuzzDecide(f *testing.F) {
 		}
 		o := Owner{Hash: c}
 
-		var p ipv4Packet
+		var p ipPacket
 		if !parseIPv4(b, &p) {
 			return
 		}
@@ -375,12 +375,12 @@ func acceptBench(m hash.Mode, track bool) *Datapath {
 }
 
 // acceptPackets are data segments of 1024 established connections, parsed.
-func acceptPackets(t testing.TB) []ipv4Packet {
-	var pkts []ipv4Packet
+func acceptPackets(t testing.TB) []ipPacket {
+	var pkts []ipPacket
 	for i := 0; i < 1024; i++ {
 		tcp := mkTCP(uint16(30000+i), 443)
 		tcp[13] = tcpFlagACK
-		var p ipv4Packet
+		var p ipPacket
 		if !parseIPv4(mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, tcp), &p) {
 			t.Fatal("test packet does not parse")
 		}
@@ -425,24 +425,35 @@ func TestAcceptDoesNotAllocate(t *testing.T) {
 	}
 }
 
-// fuzzWorker is a worker of a tracked datapath whose TAP is /dev/null.
-func fuzzWorker(t testing.TB, m hash.Mode, pol Policy) *worker {
+// fuzzWorker is a worker of a tracked datapath for vip whose TAP is
+// /dev/null and whose frames sent go nowhere. An IPv6 VIP hashes the
+// nftables way, the only way IPv6 has.
+func fuzzWorker(t testing.TB, vip netip.Addr, m hash.Mode, pol Policy) *worker {
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { null.Close() })
+	cfg := hash.Config{Mode: m, TotalNodes: 3, Seed: 7}
+	if vip.Is6() {
+		cfg.Compat = hash.NFTables
+	}
 	d := &Datapath{
-		owner: Owner{Hash: hash.Config{Mode: m, TotalNodes: 3, Seed: 7}},
+		cfg:   Config{VIP: vip, ClusterMAC: testClusterMAC, Hash: cfg},
+		owner: Owner{Hash: cfg},
 		flows: newFlowTable(flowShards * 8),
 		tap:   &tapDevice{mac: testNICMAC, queues: []int{int(null.Fd())}},
-		vip:   testVIP.As4(),
+		v6:    vip.Is6(),
+		vip:   vip.As16(),
 	}
-	d.vipAddr = binary.BigEndian.Uint32(d.vip[:])
+	if !d.v6 {
+		d.vip4 = vip.As4()
+	}
 	d.policy.Store(&pol)
 	a := &attachment{ifi: &net.Interface{Name: "eth0", HardwareAddr: testNICMAC}}
 	// Small tables: the fuzzer makes one per input.
-	w := &worker{d: d, att: a, tap: int(null.Fd()), frags: newFragTableOf(64)}
+	w := &worker{d: d, att: a, tap: int(null.Fd()), frags: newFragTableOf(64),
+		send: func([]byte, net.HardwareAddr) error { return nil }}
 	a.workers = []*worker{w}
 	d.att = a
 	return w
@@ -470,6 +481,25 @@ func FuzzWorkerFrames(f *testing.F) {
 	}
 	f.Add(seq, uint8(0), uint8(1))
 	f.Add(seq, uint8(2), uint8(3))
+	// The same for an IPv6 VIP (mode bit 2): fragments behind options, an
+	// ICMPv6 error, a neighbour solicitation.
+	const client6, vip6 = "2001:db8:1::7", "2001:db8::10"
+	eth6 := func(ip []byte) []byte {
+		return append(make([]byte, vnetHdrLen), mkEther(testClusterMAC6, testClientMAC, etherTypeIPv6, ip)...)
+	}
+	sn, _ := SolicitedNode(testVIP6)
+	seq = nil
+	for _, fr := range [][]byte{
+		eth6(mkIPv6(client6, vip6, nil, testTCP, mkTCP(40000, 443))),
+		eth6(mkIPv6(client6, vip6, []testExt{extOpts(0, 0), extFrag(0, true, 9)}, testUDP, mkUDP(5353, 53))),
+		eth6(mkIPv6(client6, vip6, []testExt{extFrag(1, false, 9)}, testUDP, []byte("later"))),
+		eth6(mkIPv6("2001:db8:ff::1", vip6, nil, protoICMPv6, mkICMPv6("2001:db8:ff::1", vip6, 2, 0, 1280, mkIPv6(vip6, client6, nil, testTCP, mkTCP(443, 40000))))),
+		append(make([]byte, vnetHdrLen), nsFrame(client6, sn.String(), vip6, nil, nil)...),
+	} {
+		seq = append(seq, byte(len(fr)>>8), byte(len(fr)))
+		seq = append(seq, fr...)
+	}
+	f.Add(seq, uint8(4), uint8(1))
 	f.Fuzz(func(t *testing.T, data []byte, mode, policy uint8) {
 		pols := []Policy{
 			{Serve: 0b001, Track: true},
@@ -477,7 +507,11 @@ func FuzzWorkerFrames(f *testing.F) {
 			{Observe: 0b101, Hold: 0b100, Guarded: 0b101, Track: true},
 			{Serve: 0b010, Keep: 0b001, Leaving: 0b010, Track: true},
 		}
-		w := fuzzWorker(t, hash.Mode(mode%3+1), pols[int(policy)%len(pols)])
+		vip := testVIP
+		if mode&4 != 0 {
+			vip = testVIP6
+		}
+		w := fuzzWorker(t, vip, hash.Mode(mode%3+1), pols[int(policy)%len(pols)])
 		now := int64(1)
 		for len(data) >= 2 {
 			n := int(data[0])<<8 | int(data[1])

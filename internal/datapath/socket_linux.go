@@ -3,6 +3,8 @@ package datapath
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"syscall"
 	"time"
 
@@ -133,3 +135,24 @@ func (s *captureSocket) send(frame []byte, dst net.HardwareAddr) error {
 }
 
 func (s *captureSocket) close() error { return s.conn.Close() }
+
+// joinSolicitedNode joins vip's solicited-node group on ifi through an
+// IPv6 socket of its own, so that the stack reports the membership (MLD)
+// as it does for its own addresses; the group is left when the socket
+// closes, a crash included.
+func joinSolicitedNode(ifi *net.Interface, vip netip.Addr) (int, error) {
+	group, _ := SolicitedNode(vip)
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return 0, fmt.Errorf("join %s on %s: %w", group, ifi.Name, err)
+	}
+	mreq := &unix.IPv6Mreq{Multiaddr: group.As16(), Interface: uint32(ifi.Index)}
+	if err := unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, unix.IPV6_JOIN_GROUP, mreq); err != nil {
+		unix.Close(fd)
+		if disabled, _ := os.ReadFile("/proc/sys/net/ipv6/conf/" + ifi.Name + "/disable_ipv6"); string(disabled) == "1\n" {
+			return 0, fmt.Errorf("interface %s has IPv6 disabled (net.ipv6.conf.%s.disable_ipv6 = 1): an IPv6 VIP needs it on", ifi.Name, ifi.Name)
+		}
+		return 0, fmt.Errorf("join %s on %s: %w", group, ifi.Name, err)
+	}
+	return fd, nil
+}

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -21,17 +22,27 @@ type tapDevice struct {
 }
 
 // TapName is the TAP device name for a VIP: derived, so that every part of
-// the daemon (and an operator reading `ip link`) can tell whose it is.
+// the daemon (and an operator reading `ip link`) can tell whose it is. An
+// IPv4 VIP is spelled out in hex; an IPv6 one does not fit in a name (15
+// bytes), so it is "cip6" and 44 bits of its FNV-1a hash.
 func TapName(vip netip.Addr) string {
-	b := vip.As4()
-	return fmt.Sprintf("cip%02x%02x%02x%02x", b[0], b[1], b[2], b[3])
+	if vip.Is4() {
+		b := vip.As4()
+		return fmt.Sprintf("cip%02x%02x%02x%02x", b[0], b[1], b[2], b[3])
+	}
+	h := fnv.New64a()
+	b := vip.As16()
+	h.Write(b[:])
+	return fmt.Sprintf("cip6%011x", h.Sum64()>>20)
 }
 
 // openTap creates a non-persistent TAP: it disappears with the daemon's file
-// descriptor, so a crash cannot leave it behind. IPv6 is off on it (the VIP is
-// IPv4 and link-local chatter would only be noise), ARP is off (nothing is ever
+// descriptor, so a crash cannot leave it behind. ARP is off (nothing is ever
 // routed out of it), and reverse-path filtering is loose because replies to
-// what arrives on it leave through another interface.
+// what arrives on it leave through another interface. For an IPv4 VIP, IPv6
+// is off on it (link-local chatter would only be noise); for an IPv6 VIP
+// it has no link-local address, no autoconfiguration and no duplicate
+// address detection: every node holds the VIP, by design.
 func openTap(name string, vip netip.Addr, queues int) (*tapDevice, error) {
 	t := &tapDevice{name: name}
 	for i := 0; i < queues; i++ {
@@ -65,11 +76,27 @@ func (t *tapDevice) configure(vip netip.Addr) error {
 		return fmt.Errorf("tap %s: %w", t.name, err)
 	}
 	t.mac = link.Attrs().HardwareAddr
-	for path, value := range map[string]string{
-		"/proc/sys/net/ipv6/conf/" + t.name + "/disable_ipv6": "1",
-		"/proc/sys/net/ipv4/conf/" + t.name + "/rp_filter":    "2",
-	} {
-		if err := os.WriteFile(path, []byte(value), 0o644); err != nil && !os.IsNotExist(err) {
+	conf6 := "/proc/sys/net/ipv6/conf/" + t.name + "/"
+	settings := [][2]string{
+		{conf6 + "disable_ipv6", "1"},
+		{"/proc/sys/net/ipv4/conf/" + t.name + "/rp_filter", "2"},
+	}
+	mask := net.CIDRMask(32, 32)
+	var flags int
+	if vip.Is6() {
+		settings = [][2]string{
+			{conf6 + "addr_gen_mode", "1"}, // no link-local address
+			{conf6 + "accept_dad", "0"},
+			{conf6 + "dad_transmits", "0"},
+			{conf6 + "accept_ra", "0"},
+			{conf6 + "autoconf", "0"},
+			{conf6 + "router_solicitations", "0"},
+			{conf6 + "disable_ipv6", "0"},
+		}
+		mask, flags = net.CIDRMask(128, 128), unix.IFA_F_NODAD
+	}
+	for _, kv := range settings {
+		if err := os.WriteFile(kv[0], []byte(kv[1]), 0o644); err != nil && !(os.IsNotExist(err) && !vip.Is6()) {
 			return fmt.Errorf("tap %s: %w", t.name, err)
 		}
 	}
@@ -79,7 +106,7 @@ func (t *tapDevice) configure(vip netip.Addr) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("tap %s: up: %w", t.name, err)
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: vip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: vip.AsSlice(), Mask: mask}, Flags: flags}
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("tap %s: add %s: %w", t.name, vip, err)
 	}
