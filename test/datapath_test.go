@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -111,6 +112,12 @@ func TestUDPOneReplyPerDatagram(t *testing.T) {
 // port got: after the first, it waits a little longer for a duplicate.
 func udpExchange(t *testing.T, l *lab.Lab, base, count, size int) [][]string {
 	t.Helper()
+	return udpExchangeAt(t, l, lab.ClientAddr, lab.VIP, base, count, size)
+}
+
+// udpExchangeAt is udpExchange from client to vip.
+func udpExchangeAt(t *testing.T, l *lab.Lab, client, vipAddr netip.Addr, base, count, size int) [][]string {
+	t.Helper()
 	socks := make([]*net.UDPConn, count)
 	t.Cleanup(func() {
 		for _, s := range socks {
@@ -121,7 +128,7 @@ func udpExchange(t *testing.T, l *lab.Lab, base, count, size int) [][]string {
 	})
 	err := inNetns(l.Client.NS, func() error {
 		for i := range socks {
-			s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: lab.ClientAddr.AsSlice(), Port: base + i})
+			s, err := net.ListenUDP("udp", &net.UDPAddr{IP: client.AsSlice(), Port: base + i})
 			if err != nil {
 				return err
 			}
@@ -132,7 +139,7 @@ func udpExchange(t *testing.T, l *lab.Lab, base, count, size int) [][]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vip := &net.UDPAddr{IP: lab.VIP.AsSlice(), Port: 7}
+	vip := &net.UDPAddr{IP: vipAddr.AsSlice(), Port: 7}
 	payload := make([]byte, size)
 	for _, s := range socks {
 		if _, err := s.WriteTo(payload, vip); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,13 @@ func newFailoverCluster(t *testing.T, nodes int, mode string, extra ...string) *
 // every daemon's command line.
 func newFailoverClusterWith(t *testing.T, nodes int, mode string, daemonArgs []string, extra ...string) *cluster {
 	t.Helper()
-	c := &cluster{Lab: newLab(t, nodes, false), t: t, mode: mode, daemons: map[string]*lab.Proc{}, daemonArgs: daemonArgs}
+	return newFailoverClusterAt(t, lab.VIP, nodes, mode, daemonArgs, extra...)
+}
+
+// newFailoverClusterAt is newFailoverClusterWith for vip.
+func newFailoverClusterAt(t *testing.T, vip netip.Addr, nodes int, mode string, daemonArgs []string, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{Lab: newLab(t, nodes, false), t: t, vip: vip, client: clientOf(vip), mode: mode, daemons: map[string]*lab.Proc{}, daemonArgs: daemonArgs}
 	key := filepath.Join(c.Dir, "gossip.key")
 	if out, err := exec.Command(clusterctl, "genkey", key).CombinedOutput(); err != nil {
 		t.Fatalf("genkey: %v %s", err, out)
@@ -64,7 +71,7 @@ func (c *cluster) startFailoverDaemon(h *lab.Host, key string, k int, extra ...s
 	c.t.Helper()
 	conf := filepath.Join(c.Dir, h.Name+".conf")
 	line := fmt.Sprintf("new --vip %s --interface eth0 --hashmode %s --total-nodes %d --local-node %d %s\n",
-		lab.VIP, c.mode, len(c.Nodes), k, strings.Join(extra, " "))
+		c.vip, c.mode, len(c.Nodes), k, strings.Join(extra, " "))
 	if err := os.WriteFile(conf, []byte(line), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
@@ -82,7 +89,7 @@ func run(name string, args ...string) (string, error) {
 
 // serving reads h's control file: the numbers it answers for now.
 func (c *cluster) serving(h *lab.Host) string {
-	b, err := os.ReadFile(c.ControlFile(h))
+	b, err := os.ReadFile(c.ControlFileOf(h, c.vip))
 	if err != nil {
 		return "error: " + err.Error()
 	}
@@ -127,9 +134,9 @@ type longConn struct {
 func (c *cluster) dialLong(port int) (*longConn, error) {
 	var conn net.Conn
 	err := inNetns(c.Client.NS, func() error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: lab.ClientAddr.AsSlice(), Port: port}, Timeout: 2 * time.Second}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: c.client.AsSlice(), Port: port}, Timeout: 2 * time.Second}
 		var err error
-		conn, err = d.Dial("tcp4", net.JoinHostPort(lab.VIP.String(), "7"))
+		conn, err = d.Dial("tcp", net.JoinHostPort(c.vip.String(), "7"))
 		return err
 	})
 	if err != nil {
@@ -163,7 +170,7 @@ func (c *cluster) openLong(k, count, base int) []*longConn {
 	c.t.Helper()
 	var out []*longConn
 	for port := base; len(out) < count && port < base+2000; port++ {
-		if predict(c.t, c.mode, len(c.Nodes), lab.ClientAddr.String(), port, 7) != k {
+		if predict(c.t, c.mode, len(c.Nodes), c.client.String(), port, 7) != k {
 			continue
 		}
 		l, err := c.dialLong(port)
@@ -193,7 +200,7 @@ func checkLong(t *testing.T, what string, conns []*longConn) {
 // control file holds its number.
 func (c *cluster) probeOK(what string, count int) map[string]int {
 	c.t.Helper()
-	res, err := c.ProbeFrom(context.Background(), c.Client, count, 2*time.Second)
+	res, err := c.ProbeAt(context.Background(), c.Client, c.vip, count, 2*time.Second)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -211,7 +218,7 @@ func (c *cluster) probeOK(what string, count int) map[string]int {
 			c.t.Errorf("%s: connection from port %d failed: %v", what, r.LocalPort, r.Err)
 			continue
 		}
-		k := predict(c.t, c.mode, len(c.Nodes), lab.ClientAddr.String(), r.LocalPort, 80)
+		k := predict(c.t, c.mode, len(c.Nodes), c.client.String(), r.LocalPort, 80)
 		if r.Node != holder[k] {
 			c.t.Errorf("%s: connection from port %d (node %d) served by %s; the control files say %q", what, r.LocalPort, k, r.Node, holder[k])
 		}
@@ -324,7 +331,7 @@ func TestHealthCheckMovesNumbers(t *testing.T) {
 // A node with the wrong gossip key can neither join nor move a number: it
 // serves nothing, and the others serve its number.
 func TestWrongGossipKeyKeptOut(t *testing.T) {
-	c := &cluster{Lab: newLab(t, 3, false), t: t, mode: "sourceip", daemons: map[string]*lab.Proc{}}
+	c := &cluster{Lab: newLab(t, 3, false), t: t, vip: lab.VIP, client: lab.ClientAddr, mode: "sourceip", daemons: map[string]*lab.Proc{}}
 	good, bad := filepath.Join(c.Dir, "good.key"), filepath.Join(c.Dir, "bad.key")
 	for _, f := range []string{good, bad} {
 		if out, err := exec.Command(clusterctl, "genkey", f).CombinedOutput(); err != nil {

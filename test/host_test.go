@@ -2,6 +2,7 @@ package test
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,7 @@ var watchedSysctls = []string{
 	"net/ipv4/conf/eth0/arp_ignore",
 	"net/ipv4/conf/eth0/arp_announce",
 	"net/ipv4/conf/all/rp_filter",
+	"net/ipv6/conf/eth0/drop_unicast_in_l2_multicast",
 }
 
 func readHost(t *testing.T, l *lab.Lab, h *lab.Host) hostState {
@@ -92,18 +94,27 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 	before := readHost(t, l, h)
 	newArgs := []string{"new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
 		"--total-nodes", "2", "--local-node", "1"}
+	// And an IPv6 cluster beside it: its own sysctl, TAP, MAC and the
+	// VIP's solicited-node group.
+	newArgs6 := []string{"new", "--vip", lab.VIP6.String(), "--interface", "eth0", "--hashmode", "sourceip",
+		"--total-nodes", "2", "--local-node", "1"}
 
 	checkRunning := func() {
 		t.Helper()
 		s := readHost(t, l, h)
-		if s.sysctls[watchedSysctls[0]] != "1" || s.sysctls[watchedSysctls[1]] != "1" || s.sysctls[watchedSysctls[2]] != "2" {
+		if s.sysctls[watchedSysctls[0]] != "1" || s.sysctls[watchedSysctls[1]] != "1" || s.sysctls[watchedSysctls[2]] != "2" ||
+			s.sysctls[watchedSysctls[4]] != "1" {
 			t.Errorf("running cluster: eth0 settings %v", s.sysctls)
 		}
-		if !strings.Contains(s.links, datapath.TapName(lab.VIP)) {
-			t.Errorf("running cluster: no TAP %s in\n%s", datapath.TapName(lab.VIP), s.links)
+		for _, vip := range []netip.Addr{lab.VIP, lab.VIP6} {
+			if !strings.Contains(s.links, datapath.TapName(vip)) {
+				t.Errorf("running cluster: no TAP %s in\n%s", datapath.TapName(vip), s.links)
+			}
 		}
-		if !strings.Contains(s.maddrs, "01:00:5e:00:02:64") {
-			t.Errorf("running cluster: eth0 not subscribed to the cluster MAC:\n%s", s.maddrs)
+		for _, mac := range []string{"01:00:5e:00:02:64", "33:33:00:00:01:00", "33:33:ff:00:01:00"} {
+			if !strings.Contains(s.maddrs, mac) {
+				t.Errorf("running cluster: eth0 not subscribed to %s:\n%s", mac, s.maddrs)
+			}
 		}
 		if !s.mounted {
 			t.Errorf("running cluster: control directory not mounted")
@@ -128,8 +139,10 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := l.Clusterctl(h, newArgs...); err != nil {
-			t.Fatal(err)
+		for _, args := range [][]string{newArgs, newArgs6} {
+			if _, err := l.Clusterctl(h, args...); err != nil {
+				t.Fatal(err)
+			}
 		}
 		checkRunning()
 		return p
@@ -137,11 +150,14 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 
 	t.Run("delete", func(t *testing.T) {
 		p := start(t)
-		if _, err := l.Clusterctl(h, "delete", lab.VIP.String()); err != nil {
-			t.Fatal(err)
+		for _, vip := range []netip.Addr{lab.VIP, lab.VIP6} {
+			if _, err := l.Clusterctl(h, "delete", vip.String()); err != nil {
+				t.Fatal(err)
+			}
 		}
 		after := readHost(t, l, h)
-		if after.sysctls[watchedSysctls[2]] != "1" || strings.Contains(after.links, datapath.TapName(lab.VIP)) {
+		if after.sysctls[watchedSysctls[2]] != "1" || after.sysctls[watchedSysctls[4]] != before.sysctls[watchedSysctls[4]] ||
+			strings.Contains(after.links, datapath.TapName(lab.VIP)) || strings.Contains(after.links, datapath.TapName(lab.VIP6)) {
 			t.Errorf("after delete: %v\n%s", after.sysctls, after.links)
 		}
 		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
@@ -184,8 +200,10 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 				t.Errorf("restarted daemon left %s=%s, found %s before", k, s.sysctls[k], v)
 			}
 		}
-		if _, err := l.Clusterctl(h, newArgs...); err != nil {
-			t.Fatalf("new after crash recovery: %v", err)
+		for _, args := range [][]string{newArgs, newArgs6} {
+			if _, err := l.Clusterctl(h, args...); err != nil {
+				t.Fatalf("new after crash recovery: %v", err)
+			}
 		}
 		checkRunning()
 		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {

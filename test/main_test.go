@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,6 +96,8 @@ func newLab(t *testing.T, n int, router bool) *lab.Lab {
 type cluster struct {
 	*lab.Lab
 	t          *testing.T
+	vip        netip.Addr // lab.VIP or lab.VIP6
+	client     netip.Addr // the client's address of the VIP's family
 	mode       string
 	daemons    map[string]*lab.Proc
 	daemonArgs []string // added to every failover daemon's command line
@@ -102,14 +105,20 @@ type cluster struct {
 
 func newCluster(t *testing.T, nodes int, mode string, router bool, daemonArgs ...string) *cluster {
 	t.Helper()
-	c := &cluster{Lab: newLab(t, nodes, router), t: t, mode: mode, daemons: map[string]*lab.Proc{}}
+	return newClusterAt(t, lab.VIP, nodes, mode, router, daemonArgs...)
+}
+
+// newClusterAt is newCluster for vip, lab.VIP or lab.VIP6.
+func newClusterAt(t *testing.T, vip netip.Addr, nodes int, mode string, router bool, daemonArgs ...string) *cluster {
+	t.Helper()
+	c := &cluster{Lab: newLab(t, nodes, router), t: t, vip: vip, client: clientOf(vip), mode: mode, daemons: map[string]*lab.Proc{}}
 	for i, h := range c.Nodes {
 		p, err := c.StartDaemon(h, daemonArgs...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.daemons[h.Name] = p
-		c.ctl(h, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", mode,
+		c.ctl(h, "new", "--vip", vip.String(), "--interface", "eth0", "--hashmode", mode,
 			"--total-nodes", strconv.Itoa(nodes), "--local-node", strconv.Itoa(i+1))
 		if _, err := c.StartServer(h, "--tcp", ":80", "--udp", ":7"); err != nil {
 			t.Fatal(err)
@@ -120,10 +129,18 @@ func newCluster(t *testing.T, nodes int, mode string, router bool, daemonArgs ..
 			t.Fatal(err)
 		}
 	}
-	if err := c.WaitServing(context.Background()); err != nil {
+	if err := c.WaitServingAt(context.Background(), vip); err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// clientOf is the client's address of vip's family.
+func clientOf(vip netip.Addr) netip.Addr {
+	if vip.Is6() {
+		return lab.ClientAddr6
+	}
+	return lab.ClientAddr
 }
 
 // ctl runs clusterctl against h's daemon and fails the test on error.

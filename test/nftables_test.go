@@ -444,7 +444,7 @@ func TestMixedClusterWithNFTablesNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			mac := daemon.DefaultClusterMAC(lab.VIP)
-			if err := l.NFTablesNode(l.Nodes[0], mac, hash.Config{Mode: m, TotalNodes: 3, Seed: tc.seed}, 1); err != nil {
+			if err := l.NFTablesNode(l.Nodes[0], lab.VIP, mac, hash.Config{Mode: m, TotalNodes: 3, Seed: tc.seed}, 1); err != nil {
 				t.Fatal(err)
 			}
 			for i, h := range l.Nodes[1:] {

@@ -25,7 +25,7 @@ import (
 // returns the cluster and the file of each node.
 func configCluster(t *testing.T, nodes int, lines func(k int) string, daemonArgs func(h *lab.Host) []string) (*cluster, map[string]string) {
 	t.Helper()
-	c := &cluster{Lab: newLab(t, nodes, false), t: t, daemons: map[string]*lab.Proc{}}
+	c := &cluster{Lab: newLab(t, nodes, false), t: t, vip: lab.VIP, client: lab.ClientAddr, daemons: map[string]*lab.Proc{}}
 	files := map[string]string{}
 	for i, h := range c.Nodes {
 		files[h.Name] = filepath.Join(c.Dir, h.Name+".conf")
@@ -478,7 +478,7 @@ func TestDaemonWithUnitCapabilities(t *testing.T) {
 	wrapper := filepath.Join(l.Dir, "clusterctl-unit")
 	os.WriteFile(wrapper, []byte("#!/bin/sh\nexec setpriv --no-new-privs --inh-caps=-all --bounding-set="+set+" "+clusterctl+` "$@"`+"\n"), 0o755)
 	l.Exe = wrapper
-	c := &cluster{Lab: l, t: t, daemons: map[string]*lab.Proc{}}
+	c := &cluster{Lab: l, t: t, vip: lab.VIP, client: lab.ClientAddr, daemons: map[string]*lab.Proc{}}
 	if _, err := c.StartServer(h, "--tcp", ":80", "--udp", ":7"); err != nil {
 		t.Fatal(err)
 	}

@@ -125,7 +125,7 @@ func TestSocketDirectoryMustBePrivate(t *testing.T) {
 // name of a cloned machine) stops with an error naming the name and the
 // other address; the member that had it keeps serving and shows the clash.
 func TestNodeNameConflict(t *testing.T) {
-	c := &cluster{Lab: newLab(t, 4, false), t: t, mode: "sourceip-sourceport", daemons: map[string]*lab.Proc{}}
+	c := &cluster{Lab: newLab(t, 4, false), t: t, vip: lab.VIP, client: lab.ClientAddr, mode: "sourceip-sourceport", daemons: map[string]*lab.Proc{}}
 	key := filepath.Join(c.Dir, "gossip.key")
 	if out, err := exec.Command(clusterctl, "genkey", key).CombinedOutput(); err != nil {
 		t.Fatalf("genkey: %v %s", err, out)

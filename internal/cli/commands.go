@@ -451,11 +451,11 @@ func demoCommand() *cobra.Command {
 	return cmd
 }
 
-// checkVIP refuses a VIP argument that is not an IPv4 address before the
+// checkVIP refuses a VIP argument that is not an IP address before the
 // daemon is asked anything.
 func checkVIP(s string) error {
-	if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
-		return fmt.Errorf("VIP %q: not an IPv4 address", s)
+	if a, err := netip.ParseAddr(s); err != nil || a.Zone() != "" || a.Is4In6() {
+		return fmt.Errorf("VIP %q: not an IPv4 or IPv6 address", s)
 	}
 	return nil
 }

@@ -105,6 +105,7 @@ type PacketCounts struct {
 	Malformed        uint64 `json:"malformed"`
 	Held             uint64 `json:"held"` // held while their number moved here
 	ARPReplies       uint64 `json:"arp_replies"`
+	NDReplies        uint64 `json:"nd_replies"` // neighbour advertisements (IPv6)
 	FragmentsHeld    uint64 `json:"fragments_held"`
 	FragmentsDropped uint64 `json:"fragments_dropped"`
 	TapErrors        uint64 `json:"tap_errors"`

@@ -257,7 +257,7 @@ func (c *cluster) status(members []membership.Member, retired datapath.Stats) Cl
 	stats.Add(retired)
 	st.Packets = PacketCounts{
 		KernelAnswered: stats.KernelTaken, UserAnswered: stats.Owned, UserNotAnswered: stats.NotOwned,
-		Malformed: stats.Malformed, Held: stats.Held, ARPReplies: stats.ARPReplies,
+		Malformed: stats.Malformed, Held: stats.Held, ARPReplies: stats.ARPReplies, NDReplies: stats.NDReplies,
 		FragmentsHeld: stats.HeldFrags, FragmentsDropped: stats.DroppedFrag, TapErrors: stats.TapErrors,
 	}
 	f := c.dp.Flows()

@@ -56,6 +56,12 @@ func checkHost(s Spec) error {
 	if ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
 		return fmt.Errorf("--interface %s: not an Ethernet interface", s.Interface)
 	}
+	if s.VIP.Is6() {
+		v, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + s.Interface + "/disable_ipv6")
+		if err != nil || strings.TrimSpace(string(v)) != "0" {
+			return fmt.Errorf("--interface %s: IPv6 is off on it (net.ipv6.conf.%s.disable_ipv6); an IPv6 VIP needs it on", s.Interface, s.Interface)
+		}
+	}
 	ifaces, err := net.Interfaces()
 	if err != nil {
 		return err

@@ -77,7 +77,7 @@ type Daemon struct {
 
 	mu         sync.Mutex
 	clusters   map[netip.Addr]*cluster
-	ifaceUsers map[string]int
+	ifaceUsers map[ifaceFamily]int
 	links      map[string]linkState // interfaces in use, as last seen
 	// retired are the counters of clusters deleted by a reload that
 	// recreated them: counters never go back.
@@ -135,7 +135,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[string]int{},
+	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[ifaceFamily]int{},
 		links: map[string]linkState{}, retired: map[netip.Addr]retiredCounters{}, live: map[string]string{}, kickCh: make(chan struct{}, 1)}
 	node := ""
 	if msCfg != nil {
@@ -253,7 +253,7 @@ func (d *Daemon) do(req request, resp *response) error {
 	case opDelete:
 		vip, err := netip.ParseAddr(req.VIP)
 		if err != nil {
-			return fmt.Errorf("VIP %q: not an IPv4 address", req.VIP)
+			return fmt.Errorf("VIP %q: not an IP address", req.VIP)
 		}
 		return d.deleteCluster(vip)
 	case opStatus:
@@ -269,7 +269,7 @@ func (d *Daemon) do(req request, resp *response) error {
 	case opDrain, opResume:
 		vip, err := netip.ParseAddr(req.VIP)
 		if err != nil {
-			return fmt.Errorf("VIP %q: not an IPv4 address", req.VIP)
+			return fmt.Errorf("VIP %q: not an IP address", req.VIP)
 		}
 		return d.drain(vip, req.Op == opDrain, req.Timeout)
 	}
@@ -284,8 +284,14 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	if _, ok := d.clusters[s.VIP]; ok {
 		return fmt.Errorf("--vip %s: cluster already exists (delete it first)", s.VIP)
 	}
-	if d.ms != nil && len(d.clusters) >= membership.MaxClusters {
-		return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers", s.VIP, membership.MaxClusters)
+	if d.ms != nil {
+		vips := []netip.Addr{s.VIP}
+		for v := range d.clusters {
+			vips = append(vips, v)
+		}
+		if !membership.MetaFits(vips) {
+			return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers (fewer with IPv6 VIPs): their state must fit in gossip metadata", s.VIP, membership.MaxClusters)
+		}
 	}
 	if s.Check != nil && d.ms == nil {
 		return fmt.Errorf("--check needs a daemon with --peers (automatic failover)")
@@ -293,16 +299,9 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	if err := checkHost(s); err != nil {
 		return err
 	}
-	if d.ifaceUsers[s.Interface] == 0 {
-		if err := applyInterfaceSettings(d.journal, s.Interface); err != nil {
-			restoreInterfaceSettings(d.journal, s.Interface)
-			return fmt.Errorf("--interface %s: %w", s.Interface, err)
-		}
-		st := readLink(s.Interface)
-		st.since = time.Now()
-		d.links[s.Interface] = st
+	if err := d.useInterface(s.Interface, s.VIP.Is6()); err != nil {
+		return fmt.Errorf("--interface %s: %w", s.Interface, err)
 	}
-	d.ifaceUsers[s.Interface]++
 	initial := s.LocalNodes
 	if d.ms != nil {
 		initial = 0 // the failover loop hands out numbers once it knows who is alive
@@ -329,7 +328,7 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 		c.stopChecks()
 		dp.Close()
 	}
-	d.releaseInterface(s.Interface)
+	d.releaseInterface(s.Interface, s.VIP.Is6())
 	return err
 }
 
@@ -343,7 +342,7 @@ func (d *Daemon) deleteCluster(vip netip.Addr) error {
 	delete(d.clusters, vip)
 	c.stopChecks()
 	c.mu.Lock() // let a running reconcile finish before the datapath goes
-	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close(), d.releaseInterface(c.spec.Interface))
+	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close(), d.releaseInterface(c.spec.Interface, c.spec.VIP.Is6()))
 	if c.notified != 0 {
 		c.hooks.serving(vip.String(), c.notified.String(), "")
 	}
@@ -353,16 +352,59 @@ func (d *Daemon) deleteCluster(vip netip.Addr) error {
 	return err
 }
 
+// ifaceFamily is an interface as clusters of one family use it: each
+// family has its own settings.
+type ifaceFamily struct {
+	name string
+	v6   bool
+}
+
+// useInterface records one more cluster of family v6 on iface, applying the
+// family's settings for the first, and following the link from the first
+// of either family. Callers hold d.mu.
+func (d *Daemon) useInterface(iface string, v6 bool) error {
+	k := ifaceFamily{iface, v6}
+	if d.ifaceUsers[k] == 0 {
+		if err := applyInterfaceSettings(d.journal, iface, v6); err != nil {
+			restoreInterfaceSettings(d.journal, iface, v6)
+			return err
+		}
+	}
+	if _, ok := d.links[iface]; !ok {
+		st := readLink(iface)
+		st.since = time.Now()
+		d.links[iface] = st
+	}
+	d.ifaceUsers[k]++
+	return nil
+}
+
 // releaseInterface drops one cluster's use of iface and restores its
-// settings when no cluster uses it any more. Callers hold d.mu.
-func (d *Daemon) releaseInterface(iface string) error {
-	d.ifaceUsers[iface]--
-	if d.ifaceUsers[iface] > 0 {
+// family's settings when no cluster of that family uses it any more.
+// Callers hold d.mu.
+func (d *Daemon) releaseInterface(iface string, v6 bool) error {
+	k := ifaceFamily{iface, v6}
+	d.ifaceUsers[k]--
+	if d.ifaceUsers[k] > 0 {
 		return nil
 	}
-	delete(d.ifaceUsers, iface)
-	delete(d.links, iface)
-	return restoreInterfaceSettings(d.journal, iface)
+	delete(d.ifaceUsers, k)
+	if d.ifaceUsers[ifaceFamily{iface, !v6}] == 0 {
+		delete(d.links, iface)
+	}
+	return restoreInterfaceSettings(d.journal, iface, v6)
+}
+
+// reapplyInterfaceSettings applies again the settings of every family whose
+// clusters use iface: after the interface came back. Callers hold d.mu.
+func (d *Daemon) reapplyInterfaceSettings(iface string) error {
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		if d.ifaceUsers[ifaceFamily{iface, v6}] > 0 {
+			errs = append(errs, applyInterfaceSettings(d.journal, iface, v6))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (d *Daemon) status() *Status {

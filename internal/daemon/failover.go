@@ -329,33 +329,33 @@ type releaseMsg struct {
 	Flows    []datapath.FlowID
 }
 
-// The wire format: 'R', version 2, the VIP (4 bytes), the number, a flags
-// byte (1: complete), the sender's name (a length byte, then the name), the
-// number of flows (4 bytes, big endian), then 9 bytes per flow: client
-// address, client port and server port as hashed, protocol.
+// The wire format: 'R', version 3, the VIP's length (4 or 16), the VIP,
+// the number, a flags byte (1: complete), the sender's name (a length
+// byte, then the name), the number of flows (4 bytes, big endian), then
+// per flow: the client's address (as long as the VIP), client port and
+// server port as hashed, protocol.
 const (
-	releaseVersion   = 2
-	releaseHeaderLen = 1 + 1 + 4 + 1 + 1 + 1
-	releaseFlowLen   = 4 + 2 + 2 + 1
-	releaseComplete  = 1
+	releaseVersion  = 3
+	releaseComplete = 1
 )
 
 func (r releaseMsg) encode() ([]byte, error) {
-	if !r.VIP.Is4() || r.Node < 1 || r.Node > nodeset.Max || r.From == "" || len(r.From) > 255 {
+	if !r.VIP.IsValid() || r.VIP.Is4In6() || r.Node < 1 || r.Node > nodeset.Max || r.From == "" || len(r.From) > 255 {
 		return nil, fmt.Errorf("release of %s/%d from %q: not encodable", r.VIP, r.Node, r.From)
 	}
-	v := r.VIP.As4()
-	b := make([]byte, 0, releaseHeaderLen+len(r.From)+4+len(r.Flows)*releaseFlowLen)
-	b = append(b, 'R', releaseVersion, v[0], v[1], v[2], v[3], byte(r.Node))
+	v := r.VIP.AsSlice()
+	b := make([]byte, 0, 3+len(v)+3+len(r.From)+4+len(r.Flows)*(len(v)+5))
+	b = append(b, 'R', releaseVersion, byte(len(v)))
+	b = append(b, v...)
 	var flags byte
 	if r.Complete {
 		flags |= releaseComplete
 	}
-	b = append(b, flags, byte(len(r.From)))
+	b = append(b, byte(r.Node), flags, byte(len(r.From)))
 	b = append(b, r.From...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Flows)))
 	for _, f := range r.Flows {
-		b = binary.BigEndian.AppendUint32(b, f.Src)
+		b = append(b, f.Src[16-len(v):]...) // IPv4 clients are mapped: the last 4 bytes
 		b = binary.BigEndian.AppendUint16(b, f.SPort)
 		b = binary.BigEndian.AppendUint16(b, f.DPort)
 		b = append(b, f.Proto)
@@ -369,29 +369,45 @@ var errBadRelease = errors.New("not a release message")
 // authenticated members, but a bug or a newer version must not crash the
 // daemon: anything that is not exactly a release is an error.
 func parseReleaseMessage(b []byte) (releaseMsg, error) {
-	if len(b) < releaseHeaderLen || b[0] != 'R' || b[1] != releaseVersion {
+	if len(b) < 3 || b[0] != 'R' || b[1] != releaseVersion || b[2] != 4 && b[2] != 16 {
 		return releaseMsg{}, errBadRelease
 	}
-	r := releaseMsg{VIP: netip.AddrFrom4([4]byte(b[2:6])), Node: int(b[6])}
-	flags, nameLen := b[7], int(b[8])
+	alen := int(b[2])
+	b = b[3:]
+	if len(b) < alen+3 {
+		return releaseMsg{}, errBadRelease
+	}
+	vip, _ := netip.AddrFromSlice(b[:alen])
+	if vip.Is4In6() {
+		return releaseMsg{}, errBadRelease
+	}
+	r := releaseMsg{VIP: vip, Node: int(b[alen])}
+	flags, nameLen := b[alen+1], int(b[alen+2])
 	if r.Node < 1 || r.Node > nodeset.Max || flags&^releaseComplete != 0 || nameLen == 0 {
 		return releaseMsg{}, errBadRelease
 	}
 	r.Complete = flags&releaseComplete != 0
-	b = b[releaseHeaderLen:]
+	b = b[alen+3:]
 	if len(b) < nameLen+4 {
 		return releaseMsg{}, errBadRelease
 	}
 	r.From = string(b[:nameLen])
 	n := binary.BigEndian.Uint32(b[nameLen:])
 	b = b[nameLen+4:]
-	if uint64(len(b)) != uint64(n)*releaseFlowLen {
+	flowLen := alen + 5
+	if uint64(len(b)) != uint64(n)*uint64(flowLen) {
 		return releaseMsg{}, errBadRelease
 	}
 	r.Flows = make([]datapath.FlowID, n)
 	for i := range r.Flows {
-		p := b[i*releaseFlowLen:]
-		r.Flows[i] = datapath.FlowID{Src: binary.BigEndian.Uint32(p), SPort: binary.BigEndian.Uint16(p[4:]), DPort: binary.BigEndian.Uint16(p[6:]), Proto: p[8]}
+		p := b[i*flowLen:]
+		f := &r.Flows[i]
+		if alen == 4 {
+			f.Src = netip.AddrFrom4([4]byte(p[:4])).As16()
+		} else {
+			copy(f.Src[:], p[:16])
+		}
+		f.SPort, f.DPort, f.Proto = binary.BigEndian.Uint16(p[alen:]), binary.BigEndian.Uint16(p[alen+2:]), p[alen+4]
 	}
 	return r, nil
 }

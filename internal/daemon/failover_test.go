@@ -144,7 +144,7 @@ func (s *sim) tick() {
 				continue
 			}
 			to := s.node(r.To)
-			msg := releaseMsg{VIP: simVIP, Node: r.Node, From: n.name, Complete: true, Flows: []datapath.FlowID{{Src: 1, Proto: 6}}}
+			msg := releaseMsg{VIP: simVIP, Node: r.Node, From: n.name, Complete: true, Flows: []datapath.FlowID{{Src: src4(1), Proto: 6}}}
 			switch {
 			case !to.up || s.cut[[2]string{n.name, to.name}] || s.lose:
 			case s.lateBy > 0:
@@ -439,7 +439,9 @@ func TestFailoverStepHoldsOnlyDuringHandoff(t *testing.T) {
 func TestReleaseMessageRoundTrip(t *testing.T) {
 	for _, r := range []releaseMsg{
 		{VIP: simVIP, Node: 1, From: "n1", Complete: true, Flows: []datapath.FlowID{}},
-		{VIP: simVIP, Node: 64, From: strings.Repeat("x", 255), Flows: []datapath.FlowID{{Src: 0xc0000201, SPort: 0x1234, DPort: 80, Proto: 6}, {Src: 1, Proto: 17}}},
+		{VIP: simVIP, Node: 64, From: strings.Repeat("x", 255), Flows: []datapath.FlowID{{Src: src4(0xc0000201), SPort: 0x1234, DPort: 80, Proto: 6}, {Src: src4(1), Proto: 17}}},
+		{VIP: netip.MustParseAddr("2001:db8::1"), Node: 7, From: "n3", Complete: true,
+			Flows: []datapath.FlowID{{Src: netip.MustParseAddr("2001:db8:1::7").As16(), SPort: 0x1234, DPort: 80, Proto: 6}}},
 	} {
 		b, err := r.encode()
 		if err != nil {
@@ -454,7 +456,8 @@ func TestReleaseMessageRoundTrip(t *testing.T) {
 		{VIP: simVIP, Node: 0, From: "n1"},
 		{VIP: simVIP, Node: 65, From: "n1"},
 		{VIP: simVIP, Node: 1, From: ""},
-		{VIP: netip.MustParseAddr("2001:db8::1"), Node: 1, From: "n1"},
+		{VIP: netip.MustParseAddr("::ffff:192.0.2.1"), Node: 1, From: "n1"},
+		{Node: 1, From: "n1"},
 	} {
 		if b, err := bad.encode(); err == nil {
 			t.Errorf("encode(%+v) = %x, want an error", bad, b)
@@ -463,9 +466,11 @@ func TestReleaseMessageRoundTrip(t *testing.T) {
 }
 
 func FuzzParseReleaseMessage(f *testing.F) {
-	good, _ := releaseMsg{VIP: simVIP, Node: 3, From: "n2", Complete: true, Flows: []datapath.FlowID{{Src: 7, SPort: 1, DPort: 2, Proto: 17}}}.encode()
+	good, _ := releaseMsg{VIP: simVIP, Node: 3, From: "n2", Complete: true, Flows: []datapath.FlowID{{Src: src4(7), SPort: 1, DPort: 2, Proto: 17}}}.encode()
 	f.Add(good)
 	f.Add(good[:len(good)-1])
+	six, _ := releaseMsg{VIP: netip.MustParseAddr("2001:db8::1"), Node: 3, From: "n2", Flows: []datapath.FlowID{{Src: netip.MustParseAddr("2001:db8::7").As16(), Proto: 6}}}.encode()
+	f.Add(six)
 	f.Add([]byte{'R', 1, 192, 0, 2, 1, 3, 'n', '1'}) // version 1
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -473,7 +478,7 @@ func FuzzParseReleaseMessage(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if r.Node < 1 || r.Node > nodeset.Max || r.From == "" || !r.VIP.Is4() {
+		if r.Node < 1 || r.Node > nodeset.Max || r.From == "" || !r.VIP.IsValid() || r.VIP.Is4In6() {
 			t.Fatalf("parsed an invalid release %+v", r)
 		}
 		again, err := r.encode()
@@ -485,8 +490,13 @@ func FuzzParseReleaseMessage(f *testing.F) {
 
 // The wire layout is part of the protocol between daemons.
 func TestReleaseMessageLayout(t *testing.T) {
-	b, _ := releaseMsg{VIP: simVIP, Node: 2, From: "n1", Complete: true, Flows: []datapath.FlowID{{Src: 0x01020304, SPort: 0x0506, DPort: 0x0708, Proto: 9}}}.encode()
-	if got, want := fmt.Sprintf("% x", b), "52 02 c0 00 02 64 02 01 02 6e 31 00 00 00 01 01 02 03 04 05 06 07 08 09"; got != want {
+	b, _ := releaseMsg{VIP: simVIP, Node: 2, From: "n1", Complete: true, Flows: []datapath.FlowID{{Src: src4(0x01020304), SPort: 0x0506, DPort: 0x0708, Proto: 9}}}.encode()
+	if got, want := fmt.Sprintf("% x", b), "52 03 04 c0 00 02 64 02 01 02 6e 31 00 00 00 01 01 02 03 04 05 06 07 08 09"; got != want {
 		t.Fatalf("release = %s\nwant       %s", got, want)
 	}
+}
+
+// src4 is an IPv4 client as flows carry it: mapped into IPv6.
+func src4(v uint32) [16]byte {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).As16()
 }

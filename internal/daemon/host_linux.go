@@ -141,8 +141,9 @@ func parseJournal(data []byte) (map[string]string, error) {
 func journalKey(k string) (string, error) {
 	rel := strings.TrimPrefix(k, sysctlRoot+"/")
 	parts := strings.Split(rel, "/")
-	if len(parts) != 4 || parts[0] != "ipv4" || parts[1] != "conf" || !validIfaceName(parts[2]) || !journaledSettings[parts[3]] {
-		return "", fmt.Errorf("entry %q: not one of the daemon's settings under %s/ipv4/conf/IFACE", k, sysctlRoot)
+	if len(parts) != 4 || parts[1] != "conf" || !validIfaceName(parts[2]) ||
+		!(parts[0] == "ipv4" && journaledSettings[parts[3]] || parts[0] == "ipv6" && parts[3] == "drop_unicast_in_l2_multicast") {
+		return "", fmt.Errorf("entry %q: not one of the daemon's settings under %s/ipv{4,6}/conf/IFACE", k, sysctlRoot)
 	}
 	return rel, nil
 }
@@ -227,9 +228,8 @@ func (j *hostJournal) restoreLocked(key string) error {
 func (j *hostJournal) forget(iface string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	prefix := "ipv4/conf/" + iface + "/"
 	for k := range j.found {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, "ipv4/conf/"+iface+"/") || strings.HasPrefix(k, "ipv6/conf/"+iface+"/") {
 			delete(j.found, k)
 		}
 	}
@@ -300,6 +300,11 @@ func ifaceSysctl(iface, name string) string {
 	return "ipv4/conf/" + iface + "/" + name
 }
 
+// ifaceSysctl6 is the journal key of an IPv6 per-interface setting.
+func ifaceSysctl6(iface, name string) string {
+	return "ipv6/conf/" + iface + "/" + name
+}
+
 // interfaceSettings are what an interface carrying a VIP needs, measured on
 // this kernel:
 //   - drop_unicast_in_l2_multicast=1: the node's own stack must not take the
@@ -310,7 +315,18 @@ func ifaceSysctl(iface, name string) string {
 //     ARP for it on this interface with the NIC's own MAC;
 //   - arp_announce=2: nor use the VIP as the sender of its own ARP requests,
 //     which would teach neighbours the NIC's MAC for the VIP.
-func applyInterfaceSettings(j *hostJournal, iface string) error {
+//
+// For an IPv6 VIP only the first is needed, as
+// net.ipv6.conf.IFACE.drop_unicast_in_l2_multicast: without it every node's
+// stack takes the VIP's frames to the cluster MAC (33:33:...) and answers.
+// The other two have no IPv6 counterpart to set: the kernel answers a
+// neighbour solicitation only for an address on the interface it came in
+// on (ndisc_recv_ns looks the target up strictly), and solicits from an
+// address of the outgoing interface (ndisc_solicit), never the TAP's VIP.
+func applyInterfaceSettings(j *hostJournal, iface string, v6 bool) error {
+	if v6 {
+		return j.set(ifaceSysctl6(iface, "drop_unicast_in_l2_multicast"), "1")
+	}
 	if err := j.set(ifaceSysctl(iface, "drop_unicast_in_l2_multicast"), "1"); err != nil {
 		return err
 	}
@@ -326,7 +342,10 @@ func applyInterfaceSettings(j *hostJournal, iface string) error {
 	return j.set(ifaceSysctl(iface, "arp_announce"), "2")
 }
 
-func restoreInterfaceSettings(j *hostJournal, iface string) error {
+func restoreInterfaceSettings(j *hostJournal, iface string, v6 bool) error {
+	if v6 {
+		return j.restore(ifaceSysctl6(iface, "drop_unicast_in_l2_multicast"))
+	}
 	return errors.Join(
 		j.restore(ifaceSysctl(iface, "drop_unicast_in_l2_multicast")),
 		j.restore(ifaceSysctl(iface, "arp_ignore")),

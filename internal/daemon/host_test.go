@@ -328,6 +328,8 @@ func TestHostJournalRefusesTamperedEntries(t *testing.T) {
 		{"dot-dot", `{"ipv4/conf/eth0/../../../../../etc/cron.d/x":"0"}`, "etc/cron.d"},
 		{"dot-dot interface", `{"ipv4/conf/../arp_ignore":"0"}`, "ipv4/conf/../arp_ignore"},
 		{"another setting", `{"ipv4/conf/eth0/forwarding":"1"}`, "forwarding"},
+		{"an IPv4 setting under ipv6", `{"ipv6/conf/eth0/arp_ignore":"1"}`, "ipv6/conf/eth0/arp_ignore"},
+		{"another IPv6 setting", `{"ipv6/conf/eth0/disable_ipv6":"1"}`, "disable_ipv6"},
 		{"another family", `{"ipv6/conf/eth0/disable_ipv6":"1"}`, "ipv6"},
 		{"absolute elsewhere", `{"/proc/sys/kernel/core_pattern":"0"}`, "core_pattern"},
 		{"not a number", `{"ipv4/conf/eth0/arp_ignore":"|/tmp/x"}`, "not a number"},
@@ -352,6 +354,13 @@ func TestHostJournalRefusesTamperedEntries(t *testing.T) {
 				t.Fatalf("refused journal's entries were taken: %v", j)
 			}
 		})
+	}
+}
+
+func TestHostJournalIPv6Setting(t *testing.T) {
+	m, err := parseJournal([]byte(`{"ipv6/conf/eth0/drop_unicast_in_l2_multicast":"0","ipv4/conf/eth0/arp_ignore":"0"}`))
+	if err != nil || m["ipv6/conf/eth0/drop_unicast_in_l2_multicast"] != "0" || len(m) != 2 {
+		t.Fatalf("parseJournal = %v, %v", m, err)
 	}
 }
 
@@ -470,7 +479,9 @@ func FuzzParseJournal(f *testing.F) {
 		}
 		for k, v := range m {
 			clean := filepath.Clean(filepath.Join(sysctlRoot, k))
-			if !strings.HasPrefix(clean, sysctlRoot+"/ipv4/conf/") || strings.Count(k, "/") != 3 || !journaledSettings[filepath.Base(clean)] {
+			v4 := strings.HasPrefix(clean, sysctlRoot+"/ipv4/conf/") && journaledSettings[filepath.Base(clean)]
+			v6 := strings.HasPrefix(clean, sysctlRoot+"/ipv6/conf/") && filepath.Base(clean) == "drop_unicast_in_l2_multicast"
+			if !v4 && !v6 || strings.Count(k, "/") != 3 {
 				t.Fatalf("accepted key %q (%s)", k, clean)
 			}
 			if _, err := strconv.Atoi(v); err != nil {

@@ -113,7 +113,10 @@ func (d *Daemon) checkLinks() {
 				// were the old interface's.
 				d.journal.forget(iface)
 			}
-			if err := applyInterfaceSettings(d.journal, iface); err != nil {
+			d.mu.Lock()
+			err := d.reapplyInterfaceSettings(iface)
+			d.mu.Unlock()
+			if err != nil {
 				d.log.Error("interface settings", "interface", iface, "err", err)
 			}
 			for _, c := range clusters {

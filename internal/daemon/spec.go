@@ -32,9 +32,15 @@ type Spec struct {
 }
 
 // DefaultClusterMAC is the cluster MAC used when --clustermac is left out:
-// the IPv4 multicast MAC prefix 01:00:5e followed by the low 23 bits of the
-// VIP. Every node derives the same one from the same VIP.
+// for IPv4 the multicast MAC prefix 01:00:5e followed by the low 23 bits of
+// the VIP, for IPv6 the prefix 33:33 followed by its low 32 bits (the
+// mappings of RFC 1112 and RFC 2464). Every node derives the same one from
+// the same VIP.
 func DefaultClusterMAC(vip netip.Addr) net.HardwareAddr {
+	if vip.Is6() {
+		b := vip.As16()
+		return net.HardwareAddr{0x33, 0x33, b[12], b[13], b[14], b[15]}
+	}
 	b := vip.As4()
 	return net.HardwareAddr{0x01, 0x00, 0x5e, b[1] & 0x7f, b[2], b[3]}
 }
@@ -42,14 +48,14 @@ func DefaultClusterMAC(vip netip.Addr) net.HardwareAddr {
 // SpecFlags registers the flags of `new` on fs and returns a function that
 // builds and validates the Spec after fs has parsed.
 func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
-	vip := fs.String("vip", "", "the cluster's virtual IPv4 address (required)")
+	vip := fs.String("vip", "", "the cluster's virtual IP address, IPv4 or IPv6 (required)")
 	iface := fs.String("interface", "", "the interface the VIP's clients reach (required)")
 	mode := fs.String("hashmode", "", "sourceip, sourceip-sourceport or sourceip-sourceport-destport (required)")
-	mac := fs.String("clustermac", "", "multicast cluster MAC shared by all nodes (default 01:00:5e + low 23 bits of the VIP)")
+	mac := fs.String("clustermac", "", "multicast cluster MAC shared by all nodes (default 01:00:5e + the IPv4 VIP's low 23 bits, or 33:33 + the IPv6 VIP's low 32 bits)")
 	total := fs.Int("total-nodes", 0, fmt.Sprintf("number of node numbers in the cluster, 1..%d (required)", nodeset.Max))
 	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
 	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
-	compat := fs.String("hash-compat", hash.CLUSTERIP.String(), `whose hash: clusterip (the iptables CLUSTERIP target's) or nftables (that of "jhash ip saddr . th sport . th dport mod N seed S offset 1", to share a VIP with nftables nodes)`)
+	compat := fs.String("hash-compat", "", `whose hash: clusterip (the iptables CLUSTERIP target's; the default for IPv4) or nftables (that of "jhash ip saddr . th sport . th dport mod N seed S offset 1", to share a VIP with nftables nodes; the only one for IPv6)`)
 	check := fs.String("check", "", "health check of the local service: tcp:PORT (on the VIP), http:URL or exec:COMMAND; while it fails the node hands its numbers to the others (needs --peers on the daemon)")
 	interval := fs.Duration("check-interval", health.DefaultInterval, "time between health checks")
 	timeout := fs.Duration("check-timeout", 0, "time a check may take (0: the interval)")
@@ -64,7 +70,7 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 		var s Spec
 		var err error
 		if s.VIP, err = netip.ParseAddr(*vip); err != nil {
-			return Spec{}, fmt.Errorf("--vip %q: not an IPv4 address", *vip)
+			return Spec{}, fmt.Errorf("--vip %q: not an IP address", *vip)
 		}
 		s.Interface = *iface
 		if s.Mode, err = hash.ParseMode(*mode); err != nil {
@@ -74,7 +80,7 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 			if s.ClusterMAC, err = net.ParseMAC(*mac); err != nil {
 				return Spec{}, fmt.Errorf("--clustermac %q: not a MAC address", *mac)
 			}
-		} else if s.VIP.Is4() {
+		} else if s.VIP.Is4() || s.VIP.Is6() && !s.VIP.Is4In6() {
 			s.ClusterMAC = DefaultClusterMAC(s.VIP)
 		}
 		s.TotalNodes = *total
@@ -88,8 +94,13 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 			s.LocalNodes = s.LocalNodes.Add(n)
 		}
 		s.HashInit = *seed
-		if s.HashCompat, err = hash.ParseCompat(*compat); err != nil {
-			return Spec{}, fmt.Errorf("--hash-compat: %w", err)
+		switch {
+		case fs.Changed("hash-compat"):
+			if s.HashCompat, err = hash.ParseCompat(*compat); err != nil {
+				return Spec{}, fmt.Errorf("--hash-compat: %w", err)
+			}
+		case s.VIP.Is6():
+			s.HashCompat = hash.NFTables
 		}
 		if fs.Changed("check") {
 			c, err := health.Parse(*check)
@@ -112,10 +123,14 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 // Validate checks everything about a Spec that does not depend on the host.
 func (s Spec) Validate() error {
 	switch {
-	case !s.VIP.Is4():
-		return fmt.Errorf("--vip %s: not an IPv4 address", s.VIP)
+	case !s.VIP.IsValid() || s.VIP.Is4In6():
+		return fmt.Errorf("--vip %s: not an IPv4 or IPv6 address (write an IPv4-mapped address as IPv4)", s.VIP)
+	case s.VIP.Zone() != "" || s.VIP.Is6() && s.VIP.IsLinkLocalUnicast():
+		return fmt.Errorf("--vip %s: link-local; a VIP must be reachable beyond its link", s.VIP)
 	case s.VIP.IsUnspecified() || s.VIP.IsLoopback() || s.VIP.IsMulticast() || s.VIP == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Errorf("--vip %s: not a unicast address", s.VIP)
+	case s.VIP.Is6() && s.HashCompat != hash.NFTables:
+		return fmt.Errorf("--hash-compat %s: the CLUSTERIP hash has no IPv6; an IPv6 VIP hashes as nftables does (--hash-compat nftables)", s.HashCompat)
 	case !validIfaceName(s.Interface):
 		return fmt.Errorf("--interface %q: not an interface name", s.Interface)
 	case len(s.ClusterMAC) != 6:
@@ -173,9 +188,9 @@ func (s Spec) Args() []string {
 		args = append(args, "--local-node", strconv.Itoa(n))
 	}
 	args = append(args, "--hash-init", strconv.FormatUint(uint64(s.HashInit), 10))
-	if s.HashCompat != hash.CLUSTERIP {
-		// Only when not the default, so that a saved file stays readable
-		// by releases without the flag whenever it can.
+	if s.HashCompat != hash.CLUSTERIP && s.VIP.Is4() {
+		// Only when not the family's default, so that a saved file stays
+		// readable by releases without the flag whenever it can.
 		args = append(args, "--hash-compat", s.HashCompat.String())
 	}
 	if c := s.Check; c != nil {

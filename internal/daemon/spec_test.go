@@ -66,12 +66,17 @@ func TestParseSpecErrors(t *testing.T) {
 		{"missing --interface", without("--interface"), "--interface", "required"},
 		{"missing --hashmode", without("--hashmode"), "--hashmode", "required"},
 		{"missing --total-nodes", without("--total-nodes"), "--total-nodes", "required"},
-		{"--vip garbage", with("--vip", "vip"), "--vip", "not an IPv4 address"},
-		{"--vip empty", with("--vip", ""), "--vip", "not an IPv4 address"},
-		{"--vip IPv6", with("--vip", "2001:db8::1"), "--vip", "not an IPv4 address"},
-		{"--vip IPv4-mapped", with("--vip", "::ffff:192.0.2.10"), "--vip", "not an IPv4 address"},
-		{"--vip prefix", with("--vip", "192.0.2.10/24"), "--vip", "not an IPv4 address"},
-		{"--vip leading zero", with("--vip", "192.0.2.010"), "--vip", "not an IPv4 address"},
+		{"--vip garbage", with("--vip", "vip"), "--vip", "not an IP address"},
+		{"--vip empty", with("--vip", ""), "--vip", "not an IP address"},
+		{"--vip IPv4-mapped", with("--vip", "::ffff:192.0.2.10"), "--vip", "write an IPv4-mapped address as IPv4"},
+		{"--vip prefix", with("--vip", "192.0.2.10/24"), "--vip", "not an IP address"},
+		{"--vip leading zero", with("--vip", "192.0.2.010"), "--vip", "not an IP address"},
+		{"--vip IPv6 link-local", with("--vip", "fe80::1"), "--vip", "link-local"},
+		{"--vip IPv6 with zone", with("--vip", "2001:db8::1%eth0"), "--vip", "link-local"},
+		{"--vip IPv6 unspecified", with("--vip", "::"), "--vip", "not a unicast address"},
+		{"--vip IPv6 loopback", with("--vip", "::1"), "--vip", "not a unicast address"},
+		{"--vip IPv6 multicast", with("--vip", "ff02::1"), "--vip", "not a unicast address"},
+		{"--vip IPv6 with the CLUSTERIP hash", append(with("--vip", "2001:db8::1"), "--hash-compat", "clusterip"), "--hash-compat", "no IPv6"},
 		{"--vip unspecified", with("--vip", "0.0.0.0"), "--vip", "not a unicast address"},
 		{"--vip loopback", with("--vip", "127.0.0.1"), "--vip", "not a unicast address"},
 		{"--vip multicast", with("--vip", "224.0.0.1"), "--vip", "not a unicast address"},
@@ -166,6 +171,10 @@ func TestParseSpec(t *testing.T) {
 		{"hash-init max", with("--hash-init", "4294967295"), spec(func(s *daemon.Spec) { s.HashInit = math.MaxUint32 })},
 		{"hash-init hex", with("--hash-init", "0xdeadbeef"), spec(func(s *daemon.Spec) { s.HashInit = 0xdeadbeef })},
 		{"hash-compat nftables", with("--hash-compat", "nftables"), spec(func(s *daemon.Spec) { s.HashCompat = hash.NFTables })},
+		{"IPv6: nftables hash, 33:33 MAC", with("--vip", "2001:db8::a:b0c"), spec(func(s *daemon.Spec) {
+			s.VIP, s.HashCompat = netip.MustParseAddr("2001:db8::a:b0c"), hash.NFTables
+			s.ClusterMAC = net.HardwareAddr{0x33, 0x33, 0, 0x0a, 0x0b, 0x0c}
+		})},
 		{"hash-compat clusterip", with("--hash-compat", "clusterip"), spec(func(s *daemon.Spec) {})},
 		{
 			"--flag=value forms",
@@ -219,6 +228,8 @@ func specs() []daemon.Spec {
 			LocalNodes: nodes(1, 2, 63, 64), HashInit: math.MaxUint32},
 		{VIP: netip.MustParseAddr("169.254.1.1"), Interface: "-dash", Mode: hash.SourceIP,
 			ClusterMAC: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xfe}, TotalNodes: 16},
+		{VIP: netip.MustParseAddr("2001:db8:1:2::100"), Interface: "eth0", Mode: hash.SourceIPSourcePortDestPort,
+			ClusterMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 1, 0}, TotalNodes: 5, LocalNodes: nodes(2), HashCompat: hash.NFTables},
 	}
 }
 

@@ -8,7 +8,9 @@ import (
 
 const tSec = int64(time.Second)
 
-func fragTestKey(n int) fragKey { return fragKey{src: addr4(0xc6336407), id: uint32(n), proto: testUDP} }
+func fragTestKey(n int) fragKey {
+	return fragKey{src: addr4(0xc6336407), id: uint32(n), proto: testUDP}
+}
 
 // pieces of a datagram of 3000 bytes in fragments of 1480, as Linux sends it
 // over a 1500-byte MTU.

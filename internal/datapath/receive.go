@@ -21,10 +21,10 @@ const maxARPFrame = 9216
 // its own TAP queue, and its own fragment table (the fanout hashes every
 // fragment of a datagram to the same worker). The flow table is shared.
 type worker struct {
-	d     *Datapath
-	att   *attachment
-	beat  atomic.Int64 // when the reader last came round its loop (Unix ns)
-	sock  *captureSocket
+	d    *Datapath
+	att  *attachment
+	beat atomic.Int64 // when the reader last came round its loop (Unix ns)
+	sock *captureSocket
 	// send writes a frame out of the interface: the socket's, or in tests
 	// a recorder.
 	send  func(frame []byte, dst net.HardwareAddr) error

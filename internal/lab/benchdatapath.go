@@ -115,14 +115,14 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 		}},
 		{"kernel", func() error {
 			for i, h := range l.Nodes {
-				if err := l.NFTablesNode(h, benchMAC, benchHash, i+1); err != nil {
+				if err := l.NFTablesNode(h, VIP, benchMAC, benchHash, i+1); err != nil {
 					return err
 				}
 			}
 			return nil
 		}, func() error {
 			for _, h := range l.Nodes {
-				l.UndoNFTablesNode(h, benchMAC)
+				l.UndoNFTablesNode(h, VIP, benchMAC)
 			}
 			return nil
 		}},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -90,15 +91,21 @@ func Demo(ctx context.Context, w io.Writer, conns int) (err error) {
 }
 
 // WaitServing waits until the cluster answers the client.
-func (l *Lab) WaitServing(ctx context.Context) error {
+func (l *Lab) WaitServing(ctx context.Context) error { return l.WaitServingAt(ctx, VIP) }
+
+// WaitServingAt waits until the cluster at vip answers the client.
+func (l *Lab) WaitServingAt(ctx context.Context, vip netip.Addr) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		res, err := l.ProbeFrom(ctx, l.Client, 1, time.Second)
+		res, err := l.ProbeAt(ctx, l.Client, vip, 1, time.Second)
 		if err == nil && res[0].Err == nil {
 			return nil
 		}
+		if err == nil {
+			err = res[0].Err
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster at %s does not answer: %v", VIP, err)
+			return fmt.Errorf("cluster at %s does not answer: %v", vip, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -107,9 +114,14 @@ func (l *Lab) WaitServing(ctx context.Context) error {
 // ProbeFrom opens count connections from h to the VIP's HTTP port, one
 // after the other, from this process.
 func (l *Lab) ProbeFrom(ctx context.Context, h *Host, count int, timeout time.Duration) ([]ProbeResult, error) {
+	return l.ProbeAt(ctx, h, VIP, count, timeout)
+}
+
+// ProbeAt is ProbeFrom for the cluster at vip.
+func (l *Lab) ProbeAt(ctx context.Context, h *Host, vip netip.Addr, count int, timeout time.Duration) ([]ProbeResult, error) {
 	var res []ProbeResult
 	err := InNetns(h.NS, func() error {
-		res = Probe(ctx, fmt.Sprintf("%s:%d", VIP, demoPort), count, timeout)
+		res = Probe(ctx, netip.AddrPortFrom(vip, demoPort).String(), count, timeout)
 		return nil
 	})
 	return res, err

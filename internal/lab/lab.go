@@ -22,17 +22,26 @@ import (
 )
 
 // Addresses inside every lab. They exist only in the lab's namespaces.
+// Every lab is dual-stack: each host has an IPv4 and an IPv6 address.
 var (
 	VIP        = netip.MustParseAddr("192.0.2.100")
 	ClientAddr = netip.MustParseAddr("192.0.2.1")
 	RouterAddr = netip.MustParseAddr("192.0.2.254")
 	RemoteAddr = netip.MustParseAddr("198.51.100.2")
+
+	VIP6        = netip.MustParseAddr("2001:db8::100")
+	ClientAddr6 = netip.MustParseAddr("2001:db8::1")
+	RouterAddr6 = netip.MustParseAddr("2001:db8::fe")
+	RemoteAddr6 = netip.MustParseAddr("2001:db8:1::2")
 )
 
 const (
-	lanPrefix    = 24
-	remoteNet    = "198.51.100.0/24"
-	routerRemote = "198.51.100.1"
+	lanPrefix     = 24
+	lanPrefix6    = 64
+	remoteNet     = "198.51.100.0/24"
+	routerRemote  = "198.51.100.1"
+	remoteNet6    = "2001:db8:1::/64"
+	routerRemote6 = "2001:db8:1::1"
 	// RemoteMTU is the MTU of the router's link to the remote client: below
 	// the LAN's 1500, so full-size segments to the remote client need
 	// path-MTU discovery.
@@ -41,10 +50,11 @@ const (
 
 // Host is one namespace of the lab.
 type Host struct {
-	Name string // short name: client, n1, n2, ...
-	NS   string // network namespace name
-	Addr netip.Addr
-	port string // its switch port
+	Name  string // short name: client, n1, n2, ...
+	NS    string // network namespace name
+	Addr  netip.Addr
+	Addr6 netip.Addr
+	port  string // its switch port
 }
 
 // Options shape a lab.
@@ -138,12 +148,13 @@ func New(opts Options) (l *Lab, err error) {
 	if err = l.plainSwitch(); err != nil {
 		return nil, err
 	}
-	l.Client = &Host{Name: "client", Addr: ClientAddr}
+	l.Client = &Host{Name: "client", Addr: ClientAddr, Addr6: ClientAddr6}
 	if err = l.attach(l.Client, "p0"); err != nil {
 		return nil, err
 	}
 	for i := 1; i <= opts.Nodes; i++ {
-		h := &Host{Name: fmt.Sprintf("n%d", i), Addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})}
+		h := &Host{Name: fmt.Sprintf("n%d", i), Addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}),
+			Addr6: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte((10 + i) >> 8), 15: byte(10 + i)})}
 		if err = l.attach(h, fmt.Sprintf("p%d", i)); err != nil {
 			return nil, err
 		}
@@ -207,10 +218,19 @@ func (l *Lab) Replug(h *Host) error { return l.plug(h) }
 
 func (l *Lab) plug(h *Host) error {
 	port := h.port
+	if err := ip("-n", l.Switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS); err != nil {
+		return err
+	}
+	// No duplicate address detection on the lab's links: while it runs,
+	// the link-local address is tentative and the host cannot solicit its
+	// neighbours for a second or two, which a real host long up never sees.
+	if _, err := l.Run(h, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"); err != nil {
+		return err
+	}
 	steps := [][]string{
-		{"-n", l.Switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
 		{"-n", l.Switch, "link", "set", port, "master", "br0", "up"},
 		{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr, lanPrefix), "dev", "eth0"},
+		{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.Addr6, lanPrefix6), "dev", "eth0", "nodad"},
 		{"-n", h.NS, "link", "set", "eth0", "up"},
 	}
 	for _, s := range steps {
@@ -222,31 +242,37 @@ func (l *Lab) plug(h *Host) error {
 }
 
 func (l *Lab) addRouter() error {
-	l.Router = &Host{Name: "router", Addr: RouterAddr}
+	l.Router = &Host{Name: "router", Addr: RouterAddr, Addr6: RouterAddr6}
 	if err := l.attach(l.Router, "pr"); err != nil {
 		return err
 	}
-	l.Remote = &Host{Name: "remote", Addr: RemoteAddr, NS: l.Prefix + "-remote"}
+	l.Remote = &Host{Name: "remote", Addr: RemoteAddr, Addr6: RemoteAddr6, NS: l.Prefix + "-remote"}
 	if err := l.addNS(l.Remote.NS); err != nil {
 		return err
 	}
 	steps := [][]string{
 		{"-n", l.Router.NS, "link", "add", "eth1", "mtu", fmt.Sprint(RemoteMTU), "type", "veth", "peer", "name", "eth0", "netns", l.Remote.NS},
+		{"netns", "exec", l.Router.NS, "sysctl", "-qw", "net.ipv6.conf.eth1.accept_dad=0"},
+		{"netns", "exec", l.Remote.NS, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"},
 		{"-n", l.Router.NS, "addr", "add", routerRemote + "/24", "dev", "eth1"},
 		{"-n", l.Router.NS, "link", "set", "eth1", "up"},
 		{"-n", l.Remote.NS, "addr", "add", RemoteAddr.String() + "/24", "dev", "eth0"},
 		{"-n", l.Remote.NS, "link", "set", "eth0", "up"},
 		{"-n", l.Remote.NS, "route", "add", "default", "via", routerRemote},
+		{"-n", l.Router.NS, "addr", "add", routerRemote6 + "/64", "dev", "eth1", "nodad"},
+		{"-n", l.Remote.NS, "addr", "add", RemoteAddr6.String() + "/64", "dev", "eth0", "nodad"},
+		{"-n", l.Remote.NS, "-6", "route", "add", "default", "via", routerRemote6},
 	}
 	for _, n := range l.Nodes {
-		steps = append(steps, []string{"-n", n.NS, "route", "add", remoteNet, "via", RouterAddr.String()})
+		steps = append(steps, []string{"-n", n.NS, "route", "add", remoteNet, "via", RouterAddr.String()},
+			[]string{"-n", n.NS, "-6", "route", "add", remoteNet6, "via", RouterAddr6.String()})
 	}
 	for _, s := range steps {
 		if err := ip(s...); err != nil {
 			return err
 		}
 	}
-	_, err := l.Run(l.Router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	_, err := l.Run(l.Router, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return err
 }
 
@@ -338,7 +364,12 @@ func (l *Lab) Socket(h *Host) string { return filepath.Join(l.Dir, h.Name+".sock
 func (l *Lab) ControlDir(h *Host) string { return filepath.Join(l.Dir, h.Name+"-ctl") }
 
 // ControlFile is h's control file for the lab's VIP.
-func (l *Lab) ControlFile(h *Host) string { return filepath.Join(l.ControlDir(h), VIP.String()) }
+func (l *Lab) ControlFile(h *Host) string { return l.ControlFileOf(h, VIP) }
+
+// ControlFileOf is h's control file for vip.
+func (l *Lab) ControlFileOf(h *Host, vip netip.Addr) string {
+	return filepath.Join(l.ControlDir(h), vip.String())
+}
 
 // StartDaemon starts clusterctl daemon in h and waits until it answers.
 func (l *Lab) StartDaemon(h *Host, extra ...string) (*Proc, error) {
@@ -398,8 +429,9 @@ func (l *Lab) WaitListening(h *Host, port int) error {
 	want := fmt.Sprintf(":%04X ", port)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		tcp, err1 := l.Run(h, "cat", "/proc/net/tcp")
-		udp, err2 := l.Run(h, "cat", "/proc/net/udp")
+		// A dual-stack socket is listed under tcp6/udp6 only.
+		tcp, err1 := l.Run(h, "cat", "/proc/net/tcp", "/proc/net/tcp6")
+		udp, err2 := l.Run(h, "cat", "/proc/net/udp", "/proc/net/udp6")
 		if err1 == nil && err2 == nil && strings.Contains(tcp, want) && strings.Contains(udp, want) {
 			return nil
 		}

@@ -125,7 +125,7 @@ type longClient struct {
 }
 
 func dialLongClient(addr string) (*longClient, error) {
-	conn, err := net.DialTimeout("tcp4", addr, 3*time.Second)
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
 	if err != nil {
 		return nil, err
 	}

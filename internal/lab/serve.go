@@ -25,16 +25,16 @@ type Listeners struct {
 
 // Listen opens the service's sockets.
 func Listen(httpAddr, echoAddr string) (*Listeners, error) {
-	ln, err := net.Listen("tcp4", httpAddr)
+	ln, err := net.Listen("tcp", httpAddr)
 	if err != nil {
 		return nil, err
 	}
-	pc, err := net.ListenPacket("udp4", echoAddr)
+	pc, err := net.ListenPacket("udp", echoAddr)
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	echo, err := net.Listen("tcp4", echoAddr)
+	echo, err := net.Listen("tcp", echoAddr)
 	if err != nil {
 		ln.Close()
 		pc.Close()
@@ -177,7 +177,7 @@ func Probe(ctx context.Context, addr string, count int, timeout time.Duration) [
 }
 
 func probeOne(ctx context.Context, d *net.Dialer, addr string, timeout time.Duration) ProbeResult {
-	conn, err := d.DialContext(ctx, "tcp4", addr)
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return ProbeResult{Err: err}
 	}

@@ -98,11 +98,13 @@ func Assign(vip netip.Addr, total int, members []Member) []string {
 // numbers it held.
 func rendezvous(vip netip.Addr, n int, candidates []string) string {
 	best, bestScore := "", uint64(0)
-	v := vip.As4()
+	v := vip.AsSlice()
 	for _, c := range candidates {
 		h := fnv.New64a()
 		h.Write([]byte(c))
-		h.Write([]byte{0, v[0], v[1], v[2], v[3], byte(n)})
+		h.Write([]byte{0})
+		h.Write(v)
+		h.Write([]byte{byte(n)})
 		if s := mix64(h.Sum64()); best == "" || s > bestScore {
 			best, bestScore = c, s
 		}

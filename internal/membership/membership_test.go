@@ -341,8 +341,8 @@ func TestMembershipPublishUpdate(t *testing.T) {
 		}
 	}
 	// Bad states are refused and leave the published one alone.
-	if err := a.Publish([]membership.ClusterState{{VIP: netip.MustParseAddr("::1")}}); err == nil {
-		t.Errorf("Publish(IPv6 VIP) succeeded")
+	if err := a.Publish([]membership.ClusterState{{VIP: netip.MustParseAddr("::ffff:10.0.0.1")}}); err == nil {
+		t.Errorf("Publish(IPv4-mapped VIP) succeeded")
 	}
 	if err := a.Publish(make([]membership.ClusterState, membership.MaxClusters+1)); err == nil {
 		t.Errorf("Publish(MaxClusters+1) succeeded")

@@ -37,40 +37,54 @@ type Meta struct {
 }
 
 const (
-	stateVersion   = 2
-	stateLen       = 4 + 5*8 + 1
+	stateVersion   = 3
+	stateSetsLen   = 5 * 8
 	flagDraining   = 1 << 0
 	flagUnhealthy  = 1 << 1
+	flagIPv6       = 1 << 2 // the VIP is 16 bytes, not 4
 	flagPublished  = 1 << 0
 	metaHeaderLen  = 1 + 8 + 1 // version, start time, flags
 	maxMetaLen     = 512       // memberlist's MetaMaxSize
-	MaxClusters    = (maxMetaLen - metaHeaderLen) / stateLen
 	errMetaVersion = "membership: metadata version %d, want %d"
+
+	// MaxClusters is how many IPv4 clusters fit in the metadata; an IPv6
+	// one takes 12 bytes more (see MetaFits).
+	MaxClusters = (maxMetaLen - metaHeaderLen) / stateLen4
+	stateLen4   = 1 + 4 + stateSetsLen
+	stateLen6   = 1 + 16 + stateSetsLen
 )
 
+func stateLen(vip netip.Addr) int {
+	if vip.Is6() {
+		return stateLen6
+	}
+	return stateLen4
+}
+
+// MetaFits tells whether clusters with these VIPs fit in the metadata.
+func MetaFits(vips []netip.Addr) bool {
+	n := metaHeaderLen
+	for _, v := range vips {
+		n += stateLen(v)
+	}
+	return n <= maxMetaLen
+}
+
 // Encode packs the metadata: a version byte, the start time (Unix
-// nanoseconds, big endian), a flags byte, then 45 bytes per cluster.
-// memberlist carries at most 512 bytes, so at most MaxClusters clusters can
-// take part in membership.
+// nanoseconds, big endian), a flags byte, then per cluster a flags byte,
+// the VIP (4 bytes, or 16 with flagIPv6) and its five node sets (8 bytes
+// each). memberlist carries at most 512 bytes (see MetaFits).
 func (m Meta) Encode() ([]byte, error) {
 	states := m.Clusters
-	if len(states) > MaxClusters {
-		return nil, fmt.Errorf("membership: %d clusters, at most %d fit in gossip metadata", len(states), MaxClusters)
-	}
-	b := make([]byte, metaHeaderLen, metaHeaderLen+len(states)*stateLen)
+	b := make([]byte, metaHeaderLen, maxMetaLen)
 	b[0] = stateVersion
 	binary.BigEndian.PutUint64(b[1:9], uint64(m.Started.UnixNano()))
 	if m.Published {
 		b[9] = flagPublished
 	}
 	for _, s := range states {
-		if !s.VIP.Is4() {
-			return nil, fmt.Errorf("membership: VIP %s is not IPv4", s.VIP)
-		}
-		v := s.VIP.As4()
-		b = append(b, v[:]...)
-		for _, set := range []nodeset.NodeSet{s.Home, s.Serving, s.Leaving, s.Kept, s.Excluded} {
-			b = binary.BigEndian.AppendUint64(b, uint64(set))
+		if !s.VIP.IsValid() || s.VIP.Is4In6() {
+			return nil, fmt.Errorf("membership: VIP %s is neither IPv4 nor IPv6", s.VIP)
 		}
 		var flags byte
 		if s.Draining {
@@ -79,7 +93,17 @@ func (m Meta) Encode() ([]byte, error) {
 		if s.Unhealthy {
 			flags |= flagUnhealthy
 		}
+		if s.VIP.Is6() {
+			flags |= flagIPv6
+		}
 		b = append(b, flags)
+		b = append(b, s.VIP.AsSlice()...)
+		for _, set := range []nodeset.NodeSet{s.Home, s.Serving, s.Leaving, s.Kept, s.Excluded} {
+			b = binary.BigEndian.AppendUint64(b, uint64(set))
+		}
+	}
+	if len(b) > maxMetaLen {
+		return nil, fmt.Errorf("membership: %d clusters take %d bytes, more than the %d gossip metadata holds", len(states), len(b), maxMetaLen)
 	}
 	return b, nil
 }
@@ -103,23 +127,30 @@ func DecodeMeta(b []byte) (Meta, error) {
 	}
 	m.Published = b[9]&flagPublished != 0
 	b = b[metaHeaderLen:]
-	if len(b)%stateLen != 0 {
-		return Meta{}, errors.New("membership: metadata length is not a whole number of clusters")
-	}
-	m.Clusters = make([]ClusterState, 0, len(b)/stateLen)
-	for ; len(b) > 0; b = b[stateLen:] {
-		s := ClusterState{VIP: netip.AddrFrom4([4]byte(b[0:4]))}
-		sets := []*nodeset.NodeSet{&s.Home, &s.Serving, &s.Leaving, &s.Kept, &s.Excluded}
-		for i, p := range sets {
-			*p = nodeset.NodeSet(binary.BigEndian.Uint64(b[4+8*i:]))
-		}
-		flags := b[stateLen-1]
-		if flags&^(flagDraining|flagUnhealthy) != 0 {
+	m.Clusters = make([]ClusterState, 0, len(b)/stateLen4)
+	for len(b) > 0 {
+		flags := b[0]
+		if flags&^(flagDraining|flagUnhealthy|flagIPv6) != 0 {
 			return Meta{}, fmt.Errorf("membership: unknown flags %#x (a newer version's metadata needs a new version byte)", flags)
 		}
-		s.Draining = flags&flagDraining != 0
-		s.Unhealthy = flags&flagUnhealthy != 0
+		alen := 4
+		if flags&flagIPv6 != 0 {
+			alen = 16
+		}
+		if len(b) < 1+alen+stateSetsLen {
+			return Meta{}, errors.New("membership: metadata length is not a whole number of clusters")
+		}
+		vip, _ := netip.AddrFromSlice(b[1 : 1+alen])
+		if vip.Is4In6() {
+			return Meta{}, errors.New("membership: an IPv4-mapped VIP in metadata")
+		}
+		s := ClusterState{VIP: vip, Draining: flags&flagDraining != 0, Unhealthy: flags&flagUnhealthy != 0}
+		sets := []*nodeset.NodeSet{&s.Home, &s.Serving, &s.Leaving, &s.Kept, &s.Excluded}
+		for i, p := range sets {
+			*p = nodeset.NodeSet(binary.BigEndian.Uint64(b[1+alen+8*i:]))
+		}
 		m.Clusters = append(m.Clusters, s)
+		b = b[1+alen+stateSetsLen:]
 	}
 	return m, nil
 }

@@ -13,7 +13,19 @@ import (
 	"github.com/clusterip/clusterip/nodeset"
 )
 
-// stateLen is the wire size of one ClusterState: 4 bytes of VIP, five
+// metaLen is the wire size of metadata with these clusters.
+func metaLen(states []membership.ClusterState) int {
+	n := headerLen
+	for _, s := range states {
+		n += stateLen
+		if s.VIP.Is6() {
+			n += 12
+		}
+	}
+	return n
+}
+
+// stateLen is the wire size of one IPv4 ClusterState: 4 bytes of VIP, five
 // 64-bit sets and a flags byte. The format is part of the gossip protocol,
 // so the test pins it rather than reading it from the package.
 const stateLen = 4 + 5*8 + 1
@@ -50,11 +62,27 @@ func TestClusterStateAvailable(t *testing.T) {
 func TestMaxClusters(t *testing.T) {
 	// memberlist carries at most 512 bytes of metadata; one version byte,
 	// then whole clusters.
-	if want := (512 - 1) / stateLen; membership.MaxClusters != want {
+	if want := (512 - headerLen) / stateLen; membership.MaxClusters != want {
 		t.Fatalf("MaxClusters = %d, want %d", membership.MaxClusters, want)
 	}
-	if n := 1 + membership.MaxClusters*stateLen; n > 512 {
+	if n := headerLen + membership.MaxClusters*stateLen; n > 512 {
 		t.Fatalf("MaxClusters clusters take %d bytes, more than memberlist's 512", n)
+	}
+	// An IPv6 cluster takes 12 bytes more: MetaFits counts them.
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
+	var vips []netip.Addr
+	for i := range membership.MaxClusters {
+		vips = append(vips, v4(i))
+	}
+	if !membership.MetaFits(vips) || membership.MetaFits(append(vips, v4(99))) {
+		t.Fatal("MetaFits disagrees with MaxClusters")
+	}
+	six := []netip.Addr{}
+	for i := 0; headerLen+(i+1)*(stateLen+12) <= 512; i++ {
+		six = append(six, netip.AddrFrom16([16]byte{0x20, 1, 15: byte(i)}))
+	}
+	if !membership.MetaFits(six) || membership.MetaFits(append(six, v4(1))) && headerLen+len(six)*(stateLen+12)+stateLen > 512 {
+		t.Fatalf("MetaFits is wrong about %d IPv6 clusters", len(six))
 	}
 }
 
@@ -127,6 +155,11 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 			{VIP: netip.MustParseAddr("10.0.0.1"), Home: set(t, 4), Unhealthy: true},
 		}},
 		{name: "MaxClusters", states: full},
+		{name: "IPv6 and IPv4", states: []membership.ClusterState{
+			{VIP: netip.MustParseAddr("2001:db8::1"), Home: set(t, 1), Serving: set(t, 1, 2), Draining: true},
+			{VIP: netip.MustParseAddr("10.0.0.1"), Home: set(t, 3)},
+			{VIP: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), Excluded: all, Unhealthy: true},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,14 +167,14 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("EncodeMeta: %v", err)
 			}
-			if want := headerLen + len(tc.states)*stateLen; len(b) != want {
+			if want := metaLen(tc.states); len(b) != want {
 				t.Fatalf("EncodeMeta gave %d bytes, want %d", len(b), want)
 			}
 			if len(b) > 512 {
 				t.Fatalf("EncodeMeta gave %d bytes, more than memberlist's 512", len(b))
 			}
-			if b[0] != 2 {
-				t.Fatalf("version byte %d, want 2", b[0])
+			if b[0] != 3 {
+				t.Fatalf("version byte %d, want 3", b[0])
 			}
 			got, err := decode(b)
 			if err != nil {
@@ -174,16 +207,16 @@ func TestEncodeMetaLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []byte{
-		2,                      // version
+		3,                      // version
 		1, 2, 3, 4, 5, 6, 7, 8, // start time, Unix nanoseconds
 		1,            // published
+		3,            // Draining | Unhealthy, not IPv6
 		192, 0, 2, 1, // VIP
 		0, 0, 0, 0, 0, 0, 0, 1, // Home, big endian
 		0x80, 0, 0, 0, 0, 0, 0, 0, // Serving
 		0, 0, 0, 0, 0, 0, 1, 0, // Leaving
 		0, 0, 0, 0, 0, 0, 0, 0, // Kept
 		0, 0, 0, 0, 0, 0, 0, 2, // Excluded
-		3, // Draining | Unhealthy
 	}
 	if !bytes.Equal(b, want) {
 		t.Fatalf("EncodeMeta =\n%v\nwant\n%v", b, want)
@@ -200,7 +233,7 @@ func TestDecodeMetaEmpty(t *testing.T) {
 	}
 	// A header alone is a node that serves no cluster; unpublished, it is
 	// one that has not said so yet.
-	hdr := []byte{2, 0, 0, 0, 0, 0, 0, 0, 9, 0}
+	hdr := []byte{3, 0, 0, 0, 0, 0, 0, 0, 9, 0}
 	m, err := membership.DecodeMeta(hdr)
 	if err != nil || len(m.Clusters) != 0 || m.Published || m.Started.UnixNano() != 9 {
 		t.Errorf("DecodeMeta(%v) = %+v, %v; want an unpublished node started at 9ns", hdr, m, err)
@@ -235,12 +268,10 @@ func TestEncodeMetaTooManyClusters(t *testing.T) {
 	}
 }
 
-func TestEncodeMetaNotIPv4(t *testing.T) {
+func TestEncodeMetaBadVIP(t *testing.T) {
 	for _, vip := range []netip.Addr{
-		{}, // the zero Addr
-		netip.MustParseAddr("2001:db8::1"),
-		netip.MustParseAddr("::ffff:10.0.0.1"), // IPv4-mapped is still IPv6
-		netip.IPv6Unspecified(),
+		{},                                     // the zero Addr
+		netip.MustParseAddr("::ffff:10.0.0.1"), // IPv4-mapped: which family?
 	} {
 		states := []membership.ClusterState{
 			{VIP: netip.MustParseAddr("10.0.0.1")},
@@ -254,8 +285,8 @@ func TestEncodeMetaNotIPv4(t *testing.T) {
 		if b != nil {
 			t.Errorf("EncodeMeta with VIP %v returned bytes with its error", vip)
 		}
-		if !strings.Contains(err.Error(), "IPv4") {
-			t.Errorf("EncodeMeta with VIP %v: error %q does not mention IPv4", vip, err)
+		if !strings.Contains(err.Error(), "neither IPv4 nor IPv6") {
+			t.Errorf("EncodeMeta with VIP %v: error %q does not say what is wrong", vip, err)
 		}
 	}
 }
@@ -281,7 +312,8 @@ func TestDecodeMetaErrors(t *testing.T) {
 		{"version 0", withVersion(0), "version 0"},
 		{"version 1", withVersion(1), "version 1"},
 		{"version 255", withVersion(255), "version 255"},
-		{"version 2 alone", []byte{2}, "shorter than its header"},
+		{"version 2", withVersion(2), "version 2"},
+		{"version 3 alone", []byte{3}, "shorter than its header"},
 		{"header cut", good[:headerLen-1], "shorter than its header"},
 		{"one byte short", good[:len(good)-1], "whole number"},
 		{"one byte long", append(bytes.Clone(good), 0), "whole number"},
@@ -315,9 +347,9 @@ func TestDecodeMetaUnknownFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for bit := 2; bit < 8; bit++ {
+	for bit := 3; bit < 8; bit++ {
 		bad := bytes.Clone(b)
-		bad[len(bad)-1] |= 1 << bit
+		bad[headerLen] |= 1 << bit
 		if got, err := decode(bad); err == nil {
 			t.Errorf("DecodeMeta with unknown flag bit %d = %+v, want an error", bit, got)
 		}
@@ -328,14 +360,15 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add([]byte{0})
-	f.Add([]byte{2, 1, 2, 3})
-	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 0, 1, 0})
+	f.Add([]byte{3, 1, 2, 3})
+	f.Add([]byte{3, 0, 0, 0, 0, 0, 0, 0, 1, 0})
 	for _, states := range [][]membership.ClusterState{
 		{{VIP: netip.MustParseAddr("10.0.0.1"), Home: 3, Serving: 7, Leaving: 4, Kept: 8, Excluded: 16, Draining: true}},
 		{
 			{VIP: netip.MustParseAddr("192.0.2.1"), Home: nodeset.NodeSet(^uint64(0)), Unhealthy: true},
 			{VIP: netip.MustParseAddr("192.0.2.2")},
 		},
+		{{VIP: netip.MustParseAddr("2001:db8::1"), Serving: 1}},
 	} {
 		b, err := encode(states)
 		if err != nil {
@@ -360,20 +393,20 @@ func FuzzDecodeMeta(f *testing.F) {
 			}
 			return
 		}
-		if want := (len(b) - headerLen) / stateLen; len(states) != want {
-			t.Fatalf("DecodeMeta(%d bytes) gave %d clusters, want %d", len(b), len(states), want)
+		if want := metaLen(states); len(b) != want {
+			t.Fatalf("DecodeMeta(%d bytes) gave clusters of %d bytes", len(b), want)
 		}
 		for _, s := range states {
-			if !s.VIP.Is4() {
-				t.Fatalf("DecodeMeta gave non-IPv4 VIP %v", s.VIP)
+			if !s.VIP.IsValid() || s.VIP.Is4In6() {
+				t.Fatalf("DecodeMeta gave VIP %v", s.VIP)
 			}
 		}
 		// Whatever decodes (and fits in memberlist's metadata) encodes
 		// back to the same bytes.
 		again, err := m.Encode()
-		if len(states) > membership.MaxClusters {
+		if len(b) > 512 {
 			if err == nil {
-				t.Fatalf("Encode(%d clusters) succeeded, more than MaxClusters", len(states))
+				t.Fatalf("Encode(%d clusters) succeeded in more than 512 bytes", len(states))
 			}
 			return
 		}
