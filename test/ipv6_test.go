@@ -186,9 +186,16 @@ func readFile(t *testing.T, path string) string {
 
 // Automatic failover on an IPv6 VIP: kill -9 of a daemon hands its number
 // to a survivor, which answers new connections for it; a drain hands off
-// without breaking a connection; a resume brings the number home.
+// without breaking a connection; a resume brings the number home. The
+// health check connects to the IPv6 VIP.
 func TestIPv6FailoverKillAndDrain(t *testing.T) {
-	c := newFailoverClusterAt(t, lab.VIP6, 3, "sourceip-sourceport", nil)
+	c := newFailoverClusterAt(t, lab.VIP6, 3, "sourceip-sourceport", nil, "--check", "tcp:7", "--check-interval", "200ms")
+	time.Sleep(time.Second) // five probes: a check that cannot reach the VIP falls after three
+	for _, h := range c.Nodes {
+		if st := status(t, c, h)[0]; st.Check == nil || !st.Check.Healthy {
+			t.Fatalf("%s: health check of [%s]:7 %+v", h.Name, lab.VIP6, st.Check)
+		}
+	}
 	onN1 := c.openLong(1, 3, 44000)
 	c.ctl(c.Nodes[0], "drain", lab.VIP6.String())
 	eventually(t, 5*time.Second, "n1 hands number 1 over", func() (bool, string) {

@@ -98,7 +98,7 @@ func (c Check) probe(ctx context.Context, vip netip.Addr) error {
 	switch c.Kind {
 	case "tcp":
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp4", net.JoinHostPort(vip.String(), c.Target))
+		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(vip.String(), c.Target))
 		if err != nil {
 			return err
 		}

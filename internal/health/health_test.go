@@ -182,6 +182,12 @@ type report struct {
 // service under test has answered so far.
 func runner(t *testing.T, c health.Check, probes func() int64) <-chan report {
 	t.Helper()
+	return runnerAt(t, c, loopback, probes)
+}
+
+// runnerAt is runner for a check of vip.
+func runnerAt(t *testing.T, c health.Check, vip netip.Addr, probes func() int64) <-chan report {
+	t.Helper()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
@@ -190,7 +196,7 @@ func runner(t *testing.T, c health.Check, probes func() int64) <-chan report {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.Run(ctx, loopback, func(healthy bool, err error) {
+		c.Run(ctx, vip, func(healthy bool, err error) {
 			r := report{healthy: healthy, err: err}
 			if probes != nil {
 				r.probes = probes()
@@ -656,4 +662,31 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) accepted a NUL byte", s)
 		}
 	})
+}
+
+// TestRunTCPOnIPv6VIP: a tcp check of an IPv6 VIP connects to it (the
+// address needs brackets with its port): healthy while something listens
+// there, unhealthy once it is gone.
+func TestRunTCPOnIPv6VIP(t *testing.T) {
+	l, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	var accepted atomic.Int64
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			conn.Close()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	c := health.Check{Kind: "tcp", Target: port, Interval: interval, Timeout: time.Second, Fall: 1, Rise: 1}
+	ch := runnerAt(t, c, netip.IPv6Loopback(), nil)
+	expectNoReport(t, ch, func() bool { return accepted.Load() >= 3 }, wait)
+	l.Close()
+	expectReport(t, ch, false, wait)
 }
