@@ -65,6 +65,15 @@ func TestIPv6TCPServedByHashedNode(t *testing.T) {
 				if st.HashCompat != "nftables" || st.ClusterMAC != "33:33:00:00:01:00" {
 					t.Errorf("%s: status says hash %s, MAC %s", h.Name, st.HashCompat, st.ClusterMAC)
 				}
+				// The connections went the way --datapath says: each is
+				// several packets from the client.
+				p := st.Packets
+				switch {
+				case tc.datapath == "auto" && seen[h.Name] > 0 && (!st.KernelPath || p.KernelAnswered < uint64(3*seen[h.Name])):
+					t.Errorf("%s: kernel path %v, %d packets through it for %d connections", h.Name, st.KernelPath, p.KernelAnswered, seen[h.Name])
+				case tc.datapath == "user" && (st.KernelPath || p.KernelAnswered != 0):
+					t.Errorf("%s: --datapath user, but kernel path %v answered %d", h.Name, st.KernelPath, p.KernelAnswered)
+				}
 			}
 		})
 	}

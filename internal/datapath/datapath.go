@@ -283,8 +283,8 @@ func (d *Datapath) Attach() error {
 		go w.run()
 	}
 	d.att = a
-	if d.cfg.KernelPath && !d.v6 {
-		if d.kernel, err = openKernelPath(ifi.Index, d.vip4, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
+	if d.cfg.KernelPath {
+		if d.kernel, err = openKernelPath(ifi.Index, d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
 			d.log.Warn("serving in user space only", "err", err)
 			d.kernel = nil
 		} else {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -31,7 +32,7 @@ import (
 // daemon dies, the kernel detaches it, and the node stops answering at once
 // instead of answering for numbers nobody manages any more.
 type kernelPath struct {
-	vip     [4]byte
+	vip     netip.Addr
 	mac     net.HardwareAddr
 	hash    hash.Config
 	counter *ebpf.Map // per-CPU count of frames taken
@@ -67,7 +68,7 @@ const (
 )
 
 // openKernelPath attaches a program that takes nothing yet.
-func openKernelPath(ifindex int, vip [4]byte, mac net.HardwareAddr, cfg hash.Config) (*kernelPath, error) {
+func openKernelPath(ifindex int, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config) (*kernelPath, error) {
 	counter, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name: "cip_taken", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1,
 	})
@@ -110,10 +111,16 @@ func (k *kernelPath) update(set nodeset.NodeSet, protos kernelProtos) error {
 }
 
 func (k *kernelPath) load(set nodeset.NodeSet, protos kernelProtos) (*ebpf.Program, error) {
+	var insns asm.Instructions
+	if k.vip.Is6() {
+		insns = kernelProgram6(k.vip.As16(), k.mac, k.hash, set, protos, k.counter.FD())
+	} else {
+		insns = kernelProgram(k.vip.As4(), k.mac, k.hash, set, protos, k.counter.FD())
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "cip_ingress",
 		Type:         ebpf.SchedCLS,
-		Instructions: kernelProgram(k.vip, k.mac, k.hash, set, protos, k.counter.FD()),
+		Instructions: insns,
 		License:      "Dual MIT/GPL",
 	})
 	if err != nil {
@@ -139,6 +146,9 @@ func (k *kernelPath) close() error {
 	return errors.Join(k.link.Close(), k.prog.Close(), k.counter.Close())
 }
 
+func le32(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
+func le16(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
+
 // Offsets in struct __sk_buff (include/uapi/linux/bpf.h).
 const (
 	skbProtocol    = 16
@@ -163,19 +173,7 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	if set == 0 {
 		return asm.Instructions{asm.Mov.Imm(asm.R0, tcxNext), asm.Return()}
 	}
-	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
-	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
-	loadBytes := func(off asm.Register, slot int16, n int32) asm.Instructions {
-		return asm.Instructions{
-			asm.Mov.Reg(asm.R1, asm.R6),
-			asm.Mov.Reg(asm.R2, off),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, int32(slot)),
-			asm.Mov.Imm(asm.R4, n),
-			asm.FnSkbLoadBytes.Call(),
-			asm.JNE.Imm(asm.R0, 0, "next"),
-		}
-	}
+	loadBytes := skbLoadBytes
 	p := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		// VLAN-tagged frames belong to the VLAN's interface.
@@ -248,6 +246,14 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 			asm.Add.Imm32(c, iv),
 		)
 	}
+	p = append(p, jhashFinalInsns(abc, t, u)...)
+	return append(p, takeSpans(cfg.TotalNodes, set, c, stackKey, counterFD)...)
+}
+
+// jhashFinalInsns is __jhash_final(a, b, c) on the registers abc, with t
+// and u as scratch.
+func jhashFinalInsns(abc [3]asm.Register, t, u asm.Register) asm.Instructions {
+	var p asm.Instructions
 	for _, s := range jhashFinal {
 		x, y, k := abc[s.x], abc[s.y], int32(s.k)
 		p = append(p,
@@ -260,24 +266,32 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 			asm.Sub.Reg32(x, t),
 		)
 	}
-	// reciprocal_scale(h, total) + 1 in set, as ranges of h.
-	for i, s := range hashSpans(cfg.TotalNodes, set) {
+	return p
+}
+
+// takeSpans ends a kernel path program: if the hash in h falls in the range
+// of a number in set (reciprocal_scale(h, total) + 1), the frame becomes
+// the host's and is counted; every frame then goes on (TCX_NEXT). key is a
+// free stack slot; R6 holds the skb.
+func takeSpans(total uint32, set nodeset.NodeSet, h asm.Register, key int16, counterFD int) asm.Instructions {
+	var p asm.Instructions
+	for i, s := range hashSpans(total, set) {
 		nextSpan := fmt.Sprintf("span%d", i+1)
 		p = append(p,
-			asm.JLT.Imm32(c, int32(s.lo), nextSpan),
-			asm.JLE.Imm32(c, int32(s.hi), "take"),
+			asm.JLT.Imm32(h, int32(s.lo), nextSpan),
+			asm.JLE.Imm32(h, int32(s.hi), "take"),
 			asm.Mov.Imm(asm.R0, 0).WithSymbol(nextSpan),
 		)
 	}
-	p = append(p, asm.Ja.Label("next"))
-	p = append(p,
+	return append(p,
+		asm.Ja.Label("next"),
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("take"),
 		asm.Mov.Imm(asm.R2, 0), // PACKET_HOST
 		asm.FnSkbChangeType.Call(),
-		asm.StoreImm(asm.RFP, stackKey, 0, asm.Word),
+		asm.StoreImm(asm.RFP, key, 0, asm.Word),
 		asm.LoadMapPtr(asm.R1, counterFD),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stackKey),
+		asm.Add.Imm(asm.R2, int32(key)),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "next"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
@@ -286,7 +300,20 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
 		asm.Return(),
 	)
-	return p
+}
+
+// skbLoadBytes loads n bytes of the frame at offset off (a register) to the
+// stack slot at slot, going on to "next" if the frame is too short.
+func skbLoadBytes(off asm.Register, slot int16, n int32) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, off),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, int32(slot)),
+		asm.Mov.Imm(asm.R4, n),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+	}
 }
 
 // portsLoad loads the four port bytes at cfg.PortsOffset(proto) past the

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -16,13 +17,18 @@ import (
 // testKernelProgram loads (without attaching) the kernel path's program for
 // the test VIP and MAC, set and protos; the kernel path counts what it takes.
 func testKernelProgram(tb testing.TB, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
+	return testKernelProgramAt(tb, testVIP, testClusterMAC, cfg, set, protos)
+}
+
+// testKernelProgramAt is testKernelProgram for vip and mac.
+func testKernelProgramAt(tb testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
 	tb.Helper()
 	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
 		tb.Fatalf("counter map: %v", err)
 	}
 	tb.Cleanup(func() { counter.Close() })
-	k := &kernelPath{vip: testVIP.As4(), mac: testClusterMAC, hash: cfg, counter: counter}
+	k := &kernelPath{vip: vip, mac: mac, hash: cfg, counter: counter}
 	prog, err := k.load(set, protos)
 	if err != nil {
 		tb.Fatal(err)
@@ -35,7 +41,13 @@ func testKernelProgram(tb testing.TB, cfg hash.Config, set nodeset.NodeSet, prot
 // set and protos on a frame and tells whether it took the frame.
 func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
 	t.Helper()
-	k, prog := testKernelProgram(t, cfg, set, protos)
+	return loadKernelPathAt(t, testVIP, testClusterMAC, cfg, set, protos)
+}
+
+// loadKernelPathAt is loadKernelPath for vip and mac.
+func loadKernelPathAt(t *testing.T, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
+	t.Helper()
+	k, prog := testKernelProgramAt(t, vip, mac, cfg, set, protos)
 	return func(frame []byte) bool {
 		before := k.taken()
 		ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
@@ -161,5 +173,86 @@ func BenchmarkKernelPath(b *testing.B) {
 			}
 			b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
 		})
+	}
+}
+
+// The IPv6 kernel path, run by the kernel, takes exactly the packets its
+// numbers own (Owner.Node) among those without extension headers, and the
+// capture filter passes to user space exactly what it leaves.
+func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF needs root")
+	}
+	const vip = "2001:db8::10"
+	rng := rand.New(rand.NewPCG(6, 4))
+	for round := 0; round < 24; round++ {
+		cfg := hash.Config{Mode: testModes[round%3], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32(), Compat: hash.NFTables}
+		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
+		pass := nodeset.NodeSet(rng.Uint64()) & all
+		kernel := pass & nodeset.NodeSet(rng.Uint64())
+		protos := kernelProtos(round / 3 % 2)
+		take := loadKernelPathAt(t, testVIP6, testClusterMAC6, cfg, kernel, protos)
+		untaken := ownershipVM(t, testVIP6, testClusterMAC6, cfg, pass)
+		taken := filterProgramVM(t, testVIP6, testClusterMAC6, cfg, pass, unix.PACKET_HOST)
+		o := Owner{Hash: cfg}
+		for i := 0; i < 200; i++ {
+			var src [16]byte
+			for j := range src {
+				src[j] = byte(rng.Uint32())
+			}
+			src[0] = 0x20
+			sa := netip.AddrFrom16(src).String()
+			proto, l4 := testL4(i%9, uint16(rng.Uint32()), uint16(rng.Uint32()), rng.Uint32())
+			if proto == protoICMP {
+				proto, l4 = protoICMPv6, mkICMPv6(sa, vip, 128, 0, rng.Uint32(), nil)
+			}
+			var exts []testExt
+			switch i % 7 {
+			case 0:
+				exts = []testExt{extOpts(60, 0)}
+			case 1:
+				exts = []testExt{extFrag(0, true, rng.Uint32())}
+			}
+			ip := mkIPv6(sa, vip, exts, proto, l4)
+			var p ipPacket
+			if !parseIPv6(ip, &p) {
+				t.Fatal("test packet does not parse")
+			}
+			mac := testClusterMAC6
+			if i%13 == 0 {
+				mac = testNICMAC
+			}
+			frame := mkEther(mac, testClientMAC, etherTypeIPv6, ip)
+			node := o.Node(&p)
+			toCluster := mac.String() == testClusterMAC6.String()
+			plain := exts == nil && proto != protoICMPv6 && proto != testAH
+			forKernel := toCluster && plain && (protos == kernelAllButICMP || proto == testTCP)
+			wantTaken := forKernel && kernel.Contains(node)
+			wantPassed := toCluster && !wantTaken && (!plain || pass.Contains(node))
+			got := take(frame)
+			vm := untaken
+			if got {
+				vm = taken
+			}
+			passed, err := vm.Run(frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != wantTaken || (passed > 0) != wantPassed {
+				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s (ext %v, node %d, MAC %s): taken %v passed %v, want %v %v",
+					cfg, pass, kernel, protos, proto, sa, exts != nil, node, mac, got, passed > 0, wantTaken, wantPassed)
+			}
+		}
+		// Never taken: another VIP, IPv4, a neighbour solicitation.
+		sn, snMAC := SolicitedNode(testVIP6)
+		for _, frame := range [][]byte{
+			mkEther(testClusterMAC6, testClientMAC, etherTypeIPv6, mkIPv6("2001:db8:1::7", "2001:db8::11", nil, testTCP, mkTCP(1, 2))),
+			mkEther(testClusterMAC6, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: "192.0.2.10", proto: testTCP}, mkTCP(1, 2))),
+			mkEther(snMAC, testClientMAC, etherTypeIPv6, mkIPv6("2001:db8:1::7", sn.String(), nil, protoICMPv6, mkNS("2001:db8:1::7", sn.String(), vip, nil))),
+		} {
+			if take(frame) {
+				t.Fatalf("cfg %+v kernel %s: took % x", cfg, kernel, frame)
+			}
+		}
 	}
 }
