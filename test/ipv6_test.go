@@ -2,7 +2,9 @@ package test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/lab"
 )
 
@@ -338,4 +341,93 @@ func TestMixedIPv6ClusterWithNFTablesNode(t *testing.T) {
 			t.Errorf("datagram from port %d: replies %q, want exactly [%q]", base+i, got, want)
 		}
 	}
+}
+
+// Malformed IPv6 frames and bad neighbour solicitations are counted as
+// malformed, never answered, and leave the daemon serving.
+func TestIPv6MalformedFramesDropped(t *testing.T) {
+	c := newClusterAt(t, lab.VIP6, 1, "sourceip", false, "--datapath", "user")
+	n1 := c.Nodes[0]
+	raw := c.rawSender()
+	clusterMAC := daemon.DefaultClusterMAC(lab.VIP6)
+	sn, snMAC := datapath.SolicitedNode(lab.VIP6)
+	vip, client := lab.VIP6.As16(), lab.ClientAddr6.As16()
+	ipv6 := func(next byte, payload []byte) []byte {
+		b := make([]byte, 40, 40+len(payload))
+		b[0], b[6], b[7] = 0x60, next, 64
+		binary.BigEndian.PutUint16(b[4:6], uint16(len(payload)))
+		copy(b[8:24], client[:])
+		copy(b[24:40], vip[:])
+		return append(b, payload...)
+	}
+	eth := func(dst net.HardwareAddr, ip []byte) []byte {
+		f := append(append([]byte{}, dst...), raw.mac...)
+		f = binary.BigEndian.AppendUint16(f, 0x86dd)
+		return append(f, ip...)
+	}
+	opts := func(next byte, n int) []byte { return append([]byte{next, byte(n)}, make([]byte, 6+8*n)...) }
+	var chain []byte
+	for i := 0; i < 20; i++ {
+		chain = append(chain, opts(60, 0)...)
+	}
+	ns := func(hop byte, options []byte) []byte {
+		msg := append([]byte{135, 0, 0, 0, 0, 0, 0, 0}, vip[:]...)
+		msg = append(msg, options...)
+		b := ipv6(58, msg)
+		copy(b[24:40], sn.AsSlice())
+		b[7] = hop
+		var s uint32
+		sum := func(p []byte) {
+			for i := 0; i+1 < len(p); i += 2 {
+				s += uint32(p[i])<<8 | uint32(p[i+1])
+			}
+		}
+		sum(b[8:40])
+		s += uint32(len(msg)) + 58
+		sum(msg)
+		for s > 0xffff {
+			s = s>>16 + s&0xffff
+		}
+		binary.BigEndian.PutUint16(b[42:44], ^uint16(s))
+		return eth(snMAC, b)
+	}
+	frames := [][]byte{
+		eth(clusterMAC, ipv6(6, mkTCPHeader())[:50]),                                                          // payload length past the frame
+		eth(clusterMAC, ipv6(60, append(opts(6, 3), mkTCPHeader()...))[:60]),                                  // options past the frame
+		eth(clusterMAC, ipv6(60, append(opts(0, 0), mkTCPHeader()...))),                                       // hop-by-hop not first
+		eth(clusterMAC, ipv6(60, append(chain, mkTCPHeader()...))),                                            // 20 destination options
+		eth(clusterMAC, ipv6(44, append([]byte{44, 0, 0, 1, 0, 0, 0, 1}, []byte{6, 0, 0, 1, 0, 0, 0, 1}...))), // two fragment headers
+		eth(clusterMAC, func() []byte { b := ipv6(6, mkTCPHeader()); b[4], b[5] = 0, 0; return b }()),         // jumbogram
+		ns(254, nil),                            // hop limit 254
+		ns(255, []byte{1, 0, 0, 0, 0, 0, 0, 0}), // option of length 0
+		ns(255, []byte{1, 2, 0, 0, 0, 0, 0, 0}), // option past the end
+	}
+	before := status(t, c, n1)[0].Packets
+	for round := 0; round < 10; round++ {
+		for _, f := range frames {
+			if err := raw.sendTo(f, f[0:6]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	eventually(t, 3*time.Second, "malformed frames counted", func() (bool, string) {
+		st := status(t, c, n1)[0].Packets
+		return st.Malformed >= before.Malformed+uint64(10*len(frames)), fmt.Sprintf("%+v", st)
+	})
+	after := status(t, c, n1)[0].Packets
+	if after.NDReplies != before.NDReplies || after.UserAnswered != before.UserAnswered {
+		t.Errorf("malformed frames answered: %+v, before %+v", after, before)
+	}
+	if err := c.WaitServingAt(context.Background(), lab.VIP6); err != nil {
+		t.Fatalf("daemon stopped serving after malformed frames: %v", err)
+	}
+}
+
+// mkTCPHeader is a 20-byte TCP SYN from port 40000 to 80.
+func mkTCPHeader() []byte {
+	b := make([]byte, 20)
+	binary.BigEndian.PutUint16(b[0:2], 40000)
+	binary.BigEndian.PutUint16(b[2:4], 80)
+	b[12], b[13] = 5<<4, 0x02
+	return b
 }

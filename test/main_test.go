@@ -213,7 +213,12 @@ func (r *rawSender) frame(ip []byte) []byte {
 
 // send sends a whole frame to the cluster MAC.
 func (r *rawSender) send(frame []byte) error {
-	_, err := r.conn.WriteTo(frame, &packet.Addr{HardwareAddr: daemon.DefaultClusterMAC(lab.VIP)})
+	return r.sendTo(frame, daemon.DefaultClusterMAC(lab.VIP))
+}
+
+// sendTo sends a whole frame to dst.
+func (r *rawSender) sendTo(frame []byte, dst net.HardwareAddr) error {
+	_, err := r.conn.WriteTo(frame, &packet.Addr{HardwareAddr: dst})
 	return err
 }
 
