@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -42,7 +44,8 @@ type benchResult struct {
 // other, and measures each with the same clients: (1) direct, the VIP as a
 // plain address on one node; (2) kernel, the nftables cluster recipe on all
 // nodes; (3) daemon, this project's daemon on all nodes; (4) user, the
-// daemon with --datapath user, every packet through user space.
+// daemon with --datapath user, every packet through user space. It does so
+// for an IPv4 VIP, then for an IPv6 one, and prints a table for each.
 //
 // clusterctl is the daemon's binary; this program must be the lab tool.
 func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time.Duration, workers int) (err error) {
@@ -64,17 +67,23 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 			err = cerr
 		}
 	}()
+	families := []benchFamily{
+		{name: "IPv4", vip: VIP, mac: benchMAC, iperfPort: "5201"},
+		{name: "IPv6", vip: VIP6, mac: daemon.DefaultClusterMAC(VIP6), iperfPort: "5202"},
+	}
 	for _, h := range l.Nodes {
 		if _, err := l.StartServer(h); err != nil {
 			return err
 		}
 		// UDP replies must come from the VIP, so iperf3 binds it, before
 		// any setup has put it on the node.
-		if _, err := l.Run(h, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"); err != nil {
+		if _, err := l.Run(h, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1", "net.ipv6.ip_nonlocal_bind=1"); err != nil {
 			return err
 		}
-		if _, err := l.Start(h, "iperf3-"+h.Name, "iperf3", "-s", "-B", VIP.String()); err != nil {
-			return err
+		for _, f := range families {
+			if _, err := l.Start(h, "iperf3-"+f.name+"-"+h.Name, "iperf3", "-s", "-B", f.vip.String(), "-p", f.iperfPort); err != nil {
+				return err
+			}
 		}
 	}
 	for _, h := range l.Nodes {
@@ -82,19 +91,40 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 			return err
 		}
 	}
+	for _, f := range families {
+		results := map[string]*benchResult{}
+		if err := l.benchFamily(ctx, w, f, dur, workers, results); err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		printBench(w, f.name, results)
+	}
+	return nil
+}
+
+// benchFamily is what the benchmark needs to serve and reach one VIP.
+type benchFamily struct {
+	name      string
+	vip       netip.Addr
+	mac       net.HardwareAddr // the cluster MAC
+	iperfPort string           // the nodes' iperf3 server bound to vip
+}
+
+// benchFamily measures the four setups for one VIP into results.
+func (l *Lab) benchFamily(ctx context.Context, w io.Writer, f benchFamily, dur time.Duration, workers int, results map[string]*benchResult) error {
+	host := netip.PrefixFrom(f.vip, f.vip.BitLen()).String()
 	daemons := map[string]*Proc{}
 	daemonSetup := func(name, datapath string) benchSetup {
 		return benchSetup{name, func() error {
 			for i, h := range l.Nodes {
 				if dir := os.Getenv("CIP_BENCH_PROFILE"); dir != "" {
-					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-" + name + "-" + h.Name + ".prof"}
+					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-" + f.name + "-" + name + "-" + h.Name + ".prof"}
 				}
 				p, err := l.StartDaemon(h, "--workers", strconv.Itoa(workers), "--datapath", datapath)
 				if err != nil {
 					return err
 				}
 				daemons[h.Name] = p
-				if _, err := l.Clusterctl(h, "new", "--vip", VIP.String(), "--interface", "eth0", "--hashmode", "sourceip",
+				if _, err := l.Clusterctl(h, "new", "--vip", f.vip.String(), "--interface", "eth0", "--hashmode", "sourceip",
 					"--total-nodes", "3", "--local-node", strconv.Itoa(i+1)); err != nil {
 					return err
 				}
@@ -109,37 +139,45 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 	}
 	setups := []benchSetup{
 		{"direct", func() error {
-			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "add", VIP.String() + "/32", "dev", "eth0"}})
+			return l.runAll([][]string{append([]string{"ip", "-n", l.Nodes[0].NS, "addr", "add", host, "dev", "eth0"}, nodad(f.vip)...)})
 		}, func() error {
-			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "del", VIP.String() + "/32", "dev", "eth0"}})
+			return l.runAll([][]string{{"ip", "-n", l.Nodes[0].NS, "addr", "del", host, "dev", "eth0"}})
 		}},
 		{"kernel", func() error {
 			for i, h := range l.Nodes {
-				if err := l.NFTablesNode(h, VIP, benchMAC, benchHash, i+1); err != nil {
+				if err := l.NFTablesNode(h, f.vip, f.mac, benchHash, i+1); err != nil {
 					return err
 				}
+			}
+			if f.vip.Is6() {
+				// Nothing advertises the cluster MAC for an IPv6 VIP the
+				// nftables way (see NFTablesRecipe): the client is told.
+				return l.runAll([][]string{{"ip", "-n", l.Client.NS, "-6", "neigh", "replace", f.vip.String(), "lladdr", f.mac.String(), "dev", "eth0", "nud", "permanent"}})
 			}
 			return nil
 		}, func() error {
 			for _, h := range l.Nodes {
-				l.UndoNFTablesNode(h, VIP, benchMAC)
+				l.UndoNFTablesNode(h, f.vip, f.mac)
+			}
+			if f.vip.Is6() {
+				l.runAll([][]string{{"ip", "-n", l.Client.NS, "-6", "neigh", "del", f.vip.String(), "dev", "eth0"}})
 			}
 			return nil
 		}},
 		daemonSetup("daemon", "auto"),
 		daemonSetup("user", "user"),
 	}
-	results := map[string]*benchResult{}
 	for _, s := range setups {
-		fmt.Fprintf(w, "measuring %s...\n", s.name)
+		fmt.Fprintf(w, "measuring %s %s...\n", f.name, s.name)
 		if err := s.up(); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		l.Run(l.Client, "ip", "neigh", "flush", "dev", "eth0")
-		if err := l.WaitServing(ctx); err != nil {
+		l.Run(l.Client, "ip", "-6", "neigh", "flush", "dev", "eth0", "nud", "reachable", "nud", "stale", "nud", "delay", "nud", "probe")
+		if err := l.WaitServingAt(ctx, f.vip); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
-		r, err := l.measure(ctx, dur, daemons)
+		r, err := l.measure(ctx, dur, daemons, f)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -149,7 +187,6 @@ func BenchDatapath(ctx context.Context, w io.Writer, clusterctl string, dur time
 		}
 		daemons = map[string]*Proc{}
 	}
-	printBench(w, results)
 	return nil
 }
 
@@ -167,7 +204,8 @@ func (l *Lab) runAll(cmds [][]string) error {
 
 var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 
-func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string]*Proc) (*benchResult, error) {
+func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string]*Proc, f benchFamily) (*benchResult, error) {
+	url := "http://" + netip.AddrPortFrom(f.vip, 80).String() + "/"
 	r := &benchResult{cpuPerMpkt: map[string]float64{}}
 	secs := fmt.Sprintf("%ds", int(dur.Seconds()))
 	cpu := func() map[string]float64 {
@@ -214,7 +252,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 		return nil
 	}
 	err := track("conn", func() error {
-		out, err := l.Run(l.Client, "wrk", "-t2", "-c32", "-d"+secs, "-H", "Connection: close", "http://"+VIP.String()+"/")
+		out, err := l.Run(l.Client, "wrk", "-t2", "-c32", "-d"+secs, "-H", "Connection: close", url)
 		if err != nil {
 			return err
 		}
@@ -227,7 +265,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 	})
 	if err == nil {
 		err = track("latency", func() error {
-			out, err := l.Run(l.Client, l.Tool, "latency", "--addr", VIP.String()+":80", "--rate", "500", "--duration", dur.String())
+			out, err := l.Run(l.Client, l.Tool, "latency", "--addr", netip.AddrPortFrom(f.vip, 80).String(), "--rate", "500", "--duration", dur.String())
 			if err != nil {
 				return err
 			}
@@ -243,7 +281,7 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 			// another too closely ("unable to read from stream socket").
 			for try := 0; try < 3; try++ {
 				time.Sleep(time.Second)
-				out, err = l.Run(l.Client, "iperf3", append([]string{"-c", VIP.String(), "-t", strconv.Itoa(int(dur.Seconds())), "-J"}, args...)...)
+				out, err = l.Run(l.Client, "iperf3", append([]string{"-c", f.vip.String(), "-p", f.iperfPort, "-t", strconv.Itoa(int(dur.Seconds())), "-J"}, args...)...)
 				if err == nil && !strings.Contains(out, `"error":`) {
 					break
 				}
@@ -328,7 +366,7 @@ func procRSSMB(pid int) float64 {
 	return 0
 }
 
-func printBench(w io.Writer, r map[string]*benchResult) {
+func printBench(w io.Writer, family string, r map[string]*benchResult) {
 	d, k, x, u := r["direct"], r["kernel"], r["daemon"], r["user"]
 	row := func(name string, get func(*benchResult) float64, format string, lowerBetter bool) {
 		ratio := func(a, b float64) string {
@@ -344,7 +382,7 @@ func printBench(w io.Writer, r map[string]*benchResult) {
 			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)), fmt.Sprintf(format, get(u)),
 			ratio(get(x), get(k)), ratio(get(x), get(d)), ratio(get(u), get(k)))
 	}
-	fmt.Fprintf(w, "\n%-38s %9s %9s %9s %9s %14s %14s %12s\n", "", "direct", "kernel", "daemon", "user", "daemon/kernel", "daemon/direct", "user/kernel")
+	fmt.Fprintf(w, "\n%-38s %9s %9s %9s %9s %14s %14s %12s\n", family, "direct", "kernel", "daemon", "user", "daemon/kernel", "daemon/direct", "user/kernel")
 	row("new connections/s (wrk, close)", func(r *benchResult) float64 { return r.connRate }, "%.0f", false)
 	row("latency p50 ms (500 conn/s)", func(r *benchResult) float64 { return r.p50 }, "%.3f", true)
 	row("latency p99 ms (500 conn/s)", func(r *benchResult) float64 { return r.p99 }, "%.3f", true)
@@ -364,9 +402,9 @@ func printBench(w io.Writer, r map[string]*benchResult) {
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			fmt.Fprintf(w, "%s: daemon CPU s per million client packets, %-8s %.2f (all 3 nodes; a GSO super-frame counts once)\n", v.name, k+":", v.r.cpuPerMpkt[k])
+			fmt.Fprintf(w, "%s %s: daemon CPU s per million client packets, %-8s %.2f (all 3 nodes; a GSO super-frame counts once)\n", family, v.name, k+":", v.r.cpuPerMpkt[k])
 		}
-		fmt.Fprintf(w, "%s: daemon CPU during TCP 4 streams: owner %s\n", v.name, v.r.ownerShare)
-		fmt.Fprintf(w, "%s: daemon memory (largest RSS): %.1f MiB\n", v.name, v.r.daemonRSSMB)
+		fmt.Fprintf(w, "%s %s: daemon CPU during TCP 4 streams: owner %s\n", family, v.name, v.r.ownerShare)
+		fmt.Fprintf(w, "%s %s: daemon memory (largest RSS): %.1f MiB\n", family, v.name, v.r.daemonRSSMB)
 	}
 }

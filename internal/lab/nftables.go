@@ -80,12 +80,14 @@ func (l *Lab) UndoNFTablesNode(h *Host, vip netip.Addr, mac net.HardwareAddr) {
 	if vip.Is6() {
 		table = []string{"ip6", "cip"}
 	}
-	l.runAll([][]string{
+	for _, c := range [][]string{
 		append([]string{"ip", "netns", "exec", h.NS, "nft", "delete", "table"}, table...),
-		{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "arp", "cip"},
+		{"ip", "netns", "exec", h.NS, "nft", "delete", "table", "arp", "cip"}, // IPv4 only
 		{"ip", "-n", h.NS, "maddr", "del", mac.String(), "dev", "eth0"},
 		{"ip", "-n", h.NS, "addr", "del", hostPrefix(vip), "dev", "eth0"},
-	})
+	} {
+		l.runAll([][]string{c}) // each on its own: one missing must not keep the rest
+	}
 }
 
 // hostPrefix is vip as a host route: /32 or /128.
