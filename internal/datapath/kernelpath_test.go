@@ -148,31 +148,49 @@ func BenchmarkKernelPath(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("loading eBPF needs root")
 	}
-	cfg := hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7}
-	o := Owner{Hash: cfg}
-	var p ipPacket
-	frames := map[int][]byte{} // node -> a frame owned by it
-	for port := uint16(1024); len(frames) < 2; port++ {
-		ipb := mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(port, 80))
-		if !parseIPv4(ipb, &p) {
-			b.Fatal("test packet does not parse")
-		}
-		if n := o.Node(&p); n <= 2 && frames[n] == nil {
-			frames[n] = mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, ipb)
-		}
-	}
-	_, prog := testKernelProgram(b, cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
-	for _, bc := range []struct {
-		name  string
-		frame []byte
-	}{{"taken", frames[1]}, {"left", frames[2]}} {
-		b.Run(bc.name, func(b *testing.B) {
-			_, per, err := prog.Benchmark(bc.frame, b.N, b.ResetTimer)
-			if err != nil {
-				b.Fatal(err)
+	for _, fam := range []struct {
+		name string
+		vip  netip.Addr
+		mac  net.HardwareAddr
+		cfg  hash.Config
+		ip   func(port uint16) []byte
+		pkt  func([]byte, *ipPacket) bool
+		typ  uint16
+	}{
+		{"IPv4", testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7},
+			func(port uint16) []byte {
+				return mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(port, 80))
+			}, parseIPv4, etherTypeIPv4},
+		{"IPv6", testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7, Compat: hash.NFTables},
+			func(port uint16) []byte {
+				return mkIPv6("2001:db8:1::7", testVIP6.String(), nil, testTCP, mkTCP(port, 80))
+			}, parseIPv6, etherTypeIPv6},
+	} {
+		o := Owner{Hash: fam.cfg}
+		var p ipPacket
+		frames := map[int][]byte{} // node -> a frame owned by it
+		for port := uint16(1024); len(frames) < 2; port++ {
+			ipb := fam.ip(port)
+			if !fam.pkt(ipb, &p) {
+				b.Fatal("test packet does not parse")
 			}
-			b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
-		})
+			if n := o.Node(&p); n <= 2 && frames[n] == nil {
+				frames[n] = mkEther(fam.mac, testClientMAC, fam.typ, ipb)
+			}
+		}
+		_, prog := testKernelProgramAt(b, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
+		for _, bc := range []struct {
+			name  string
+			frame []byte
+		}{{"taken", frames[1]}, {"left", frames[2]}} {
+			b.Run(fam.name+"/"+bc.name, func(b *testing.B) {
+				_, per, err := prog.Benchmark(bc.frame, b.N, b.ResetTimer)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
+			})
+		}
 	}
 }
 
