@@ -75,7 +75,7 @@ func state(c daemon.ClusterStatus) string {
 func printStatus(out io.Writer, st *daemon.Status, wide bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	if wide {
-		fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tOF\tHOME\tSERVING\tIN-KERNEL\tKERNEL-ANSWERED\tUSER-ANSWERED\tUSER-NOT-ANSWERED\tMALFORMED\tHELD\tKEPT-FLOWS\tCLUSTERMAC\tTAP\tSTATE")
+		fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tOF\tHOME\tSERVING\tIN-KERNEL\tKERNEL-ANSWERED\tUSER-ANSWERED\tUSER-NOT-ANSWERED\tMALFORMED\tHELD\tKEPT-FLOWS\tCLUSTERMAC\tMAC-MODE\tFLOODING\tTAP\tSTATE")
 	} else {
 		fmt.Fprintln(w, "VIP\tINTERFACE\tMODE\tOF\tSERVING\tIN-KERNEL\tANSWERED\tKEPT-FLOWS\tSTATE")
 	}
@@ -86,9 +86,9 @@ func printStatus(out io.Writer, st *daemon.Status, wide bool) error {
 		}
 		p := c.Packets
 		if wide {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", c.VIP, c.Interface, shortMode(c),
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", c.VIP, c.Interface, shortMode(c),
 				c.TotalNodes, ranges(c.LocalNodes), ranges(c.Serving), inKernel, p.KernelAnswered, p.UserAnswered, p.UserNotAnswered,
-				p.Malformed, p.Held, c.Flows.Kept, c.ClusterMAC, c.Tap, state(c))
+				p.Malformed, p.Held, c.Flows.Kept, c.ClusterMAC, c.MACMode, c.Flooding.State, c.Tap, state(c))
 			continue
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n", c.VIP, c.Interface, shortMode(c), c.TotalNodes,
@@ -124,6 +124,9 @@ func printStatus(out io.Writer, st *daemon.Status, wide bool) error {
 			if !seen[p] {
 				fmt.Fprintf(out, "PROBLEM %s: %s\n", c.VIP, p)
 			}
+		}
+		if f := c.Flooding; f.State == "broken" && len(f.Nodes) > 0 {
+			fmt.Fprintf(out, "FLOODING %s: broken: frames to the cluster MAC do not reach %s\n", c.VIP, strings.Join(f.Nodes, ", "))
 		}
 	}
 	return nil

@@ -62,6 +62,7 @@ type ClusterStatus struct {
 	TotalNodes int          `json:"total_nodes"`
 	HashInit   uint32       `json:"hash_init"`
 	HashCompat string       `json:"hash_compat"` // "clusterip" or "nftables"
+	MACMode    string       `json:"mac_mode"`    // "multicast", "unicast" or "igmp"
 	LocalNodes []int        `json:"local_nodes"` // the numbers it is given: --local-node and control-file changes
 	Check      *CheckStatus `json:"check"`       // null without a health check
 
@@ -72,6 +73,9 @@ type ClusterStatus struct {
 	Draining   bool   `json:"draining"`
 	DrainUntil string `json:"drain_until"` // RFC 3339, "" for a drain without --timeout
 	Tap        string `json:"tap"`
+	// Flooding is the flood check: whether frames sent to the cluster MAC
+	// reach every node.
+	Flooding FloodingStatus `json:"flooding"`
 
 	Packets PacketCounts   `json:"packets"`
 	Flows   FlowCounts     `json:"flows"`
@@ -79,6 +83,18 @@ type ClusterStatus struct {
 	// Problems keep the node from serving this cluster, one line each
 	// (the interface gone or down, or the daemon's own problems).
 	Problems []string `json:"problems"`
+}
+
+// FloodingStatus is the flood check's verdict (README, "Switches").
+type FloodingStatus struct {
+	State string `json:"state"` // ok, broken or unknown (no other node heard long enough)
+	// Nodes are the nodes that frames to the cluster MAC do not reach:
+	// this one, and with --peers the others that say so.
+	Nodes []string `json:"nodes"`
+	// MissingFrom are the nodes whose probes to the cluster MAC do not
+	// reach this one; Peers the other nodes heard on the link.
+	MissingFrom []string `json:"missing_from"`
+	Peers       []string `json:"peers"`
 }
 
 // CheckStatus is a cluster's health check.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,9 +31,11 @@ type cluster struct {
 	linkProblem string // why the interface cannot carry the cluster now; "" when it can
 	fromConfig  bool   // declared by the config file: a reload manages it
 
-	hooks    *hooks          // the --notify program
-	notified nodeset.NodeSet // the numbers served as hooks last heard
-	handoffs atomic.Uint64   // numbers handed to or taken from another node by a release
+	node     string               // this node's name in the flood check
+	flood    datapath.FloodReport // the flood check's last report
+	hooks    *hooks               // the --notify program
+	notified nodeset.NodeSet      // the numbers served as hooks last heard
+	handoffs atomic.Uint64        // numbers handed to or taken from another node by a release
 }
 
 // servedLocked is what the node answers for now: the numbers held, unless
@@ -75,6 +78,43 @@ func (c *cluster) setLinkProblem(problem string) {
 		}
 		c.kick()
 	}
+}
+
+// floodChanged hears the flood check's new report: it logs the change once,
+// and under automatic failover gossips it.
+func (c *cluster) floodChanged(r datapath.FloodReport) {
+	c.mu.Lock()
+	prev := c.flood
+	c.flood = r
+	if c.fo != nil {
+		c.fo.notFlooded = r.State == datapath.FloodBroken
+	}
+	c.mu.Unlock()
+	switch {
+	case r.State == datapath.FloodBroken && prev.State == datapath.FloodBroken:
+		c.log.Warn("flood check: frames to the cluster MAC still do not reach this node", "missing_from", strings.Join(r.Missing, ","))
+	case r.State == datapath.FloodBroken:
+		c.log.Error("frames sent to the cluster MAC do not reach this node: the switch does not flood them, and clients' connections go unanswered",
+			"clustermac", c.spec.ClusterMAC.String(), "missing_from", strings.Join(r.Missing, ","), "mac_mode", c.spec.MACMode.String(),
+			"likely", floodHint(c.spec.MACMode), "see", `README, "Switches"`)
+	case prev.State == datapath.FloodBroken:
+		c.log.Info("frames sent to the cluster MAC reach this node again", "peers", strings.Join(r.Peers, ","))
+	case r.State != prev.State:
+		c.log.Info("flood check", "flooding", r.State.String(), "peers", strings.Join(r.Peers, ","))
+	}
+	c.kick()
+}
+
+// floodHint names the likely cause of frames to the cluster MAC not
+// arriving in mode.
+func floodHint(mode datapath.MACMode) string {
+	switch mode {
+	case datapath.MACUnicast:
+		return "the switch does not flood unknown unicast (unknown-unicast blocking, port security, or a static entry for the cluster MAC)"
+	case datapath.MACIGMP:
+		return "the switch forwards multicast by IP address, not by MAC (a Linux bridge does); use --mac-mode unicast"
+	}
+	return "IGMP/MLD snooping with a querier, or a switch that forwards multicast by IP address; use --mac-mode unicast"
 }
 
 // Contents is the control file's text: the node numbers held, as the
@@ -239,8 +279,15 @@ func (c *cluster) status(members []membership.Member, retired datapath.Stats) Cl
 	}
 	st := ClusterStatus{
 		VIP: s.VIP.String(), Interface: s.Interface, HashMode: s.Mode.String(), ClusterMAC: s.ClusterMAC.String(),
-		TotalNodes: s.TotalNodes, HashInit: s.HashInit, HashCompat: s.HashCompat.String(), LocalNodes: numbers(home),
+		TotalNodes: s.TotalNodes, HashInit: s.HashInit, HashCompat: s.HashCompat.String(), MACMode: s.MACMode.String(), LocalNodes: numbers(home),
 		Tap: c.dp.TapName(), Members: []MemberStatus{}, Problems: []string{},
+	}
+	fr := c.dp.Flooding()
+	st.Flooding = FloodingStatus{State: fr.State.String(), Nodes: []string{}, MissingFrom: fr.Missing, Peers: fr.Peers}
+	if fr.State == datapath.FloodBroken {
+		st.Flooding.Nodes = append(st.Flooding.Nodes, c.node)
+		st.Problems = append(st.Problems, fmt.Sprintf("frames to the cluster MAC %s from %s do not reach this node: the switch does not flood them (%s; README, \"Switches\")",
+			s.ClusterMAC, strings.Join(fr.Missing, ", "), floodHint(s.MACMode)))
 	}
 	if ch := s.Check; ch != nil {
 		st.Check = &CheckStatus{Check: ch.String(), Interval: ch.Interval.String(), Timeout: ch.Timeout.String(),
@@ -269,6 +316,15 @@ func (c *cluster) status(members []membership.Member, retired datapath.Stats) Cl
 			st.DrainUntil = c.fo.drainEnd.Format(time.RFC3339)
 		}
 		st.Members = memberStatuses(s.VIP, members)
+		for _, m := range members {
+			if cs, ok := m.Cluster(s.VIP); ok && cs.NotFlooded && m.Live() && m.Name != c.node {
+				st.Flooding.Nodes = append(st.Flooding.Nodes, m.Name)
+				if st.Flooding.State != "broken" {
+					st.Flooding.State = "broken" // it is, for that node
+				}
+			}
+		}
+		slices.Sort(st.Flooding.Nodes)
 	}
 	return st
 }

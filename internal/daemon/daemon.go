@@ -306,10 +306,11 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	if d.ms != nil {
 		initial = 0 // the failover loop hands out numbers once it knows who is alive
 	}
-	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, Hash: s.HashConfig(),
-		Workers: d.opts.Workers, KernelPath: !d.opts.UserOnly}, initial, d.log)
+	c := &cluster{spec: s, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}, fromConfig: fromConfig, hooks: d.hooks, node: d.nodeName()}
+	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, MACMode: s.MACMode,
+		Hash: s.HashConfig(), Workers: d.opts.Workers, KernelPath: !d.opts.UserOnly, NodeName: c.node, OnFlood: c.floodChanged}, initial, d.log)
 	if err == nil {
-		c := &cluster{spec: s, dp: dp, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}, fromConfig: fromConfig, hooks: d.hooks}
+		c.dp = dp
 		if d.ms != nil {
 			c.fo = newFailover(s.LocalNodes)
 			dp.SetPolicy(datapath.Policy{Track: true})
@@ -330,6 +331,16 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	}
 	d.releaseInterface(s.Interface, s.VIP.Is6())
 	return err
+}
+
+// nodeName names this node to the other nodes' flood checks: its member
+// name, or without --peers its host name.
+func (d *Daemon) nodeName() string {
+	if d.ms != nil {
+		return d.ms.Name()
+	}
+	name, _ := os.Hostname()
+	return name
 }
 
 func (d *Daemon) deleteCluster(vip netip.Addr) error {

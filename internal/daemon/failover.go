@@ -41,6 +41,10 @@ type failover struct {
 	drainEnd  time.Time // zero: keep kept flows until they end
 	unhealthy bool      // the health check fails
 	linkDown  bool      // the interface is gone or down: nothing reaches this node
+	// notFlooded: the flood check finds that frames to the cluster MAC do
+	// not reach this node. Gossiped so that every node can name it; it
+	// does not move numbers (the switch fails every node alike, mostly).
+	notFlooded bool
 
 	serving    nodeset.NodeSet
 	leaving    map[int]time.Time // numbers being handed off, since when
@@ -88,7 +92,7 @@ func (f *failover) localState(vip netip.Addr) membership.ClusterState {
 	}
 	return membership.ClusterState{
 		VIP: vip, Home: f.home, Serving: f.serving, Leaving: leaving,
-		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy || f.linkDown,
+		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy || f.linkDown, NotFlooded: f.notFlooded,
 	}
 }
 

@@ -51,6 +51,10 @@ var (
 		"1 while the eBPF kernel path is attached for the VIP.", []string{"vip"}, nil)
 	descProblems = prometheus.NewDesc("clusterip_problems",
 		"Problems that keep this node from serving the VIP now (interface gone or down, name conflict); 0 when all is well.", []string{"vip"}, nil)
+	descFloodingOK = prometheus.NewDesc("clusterip_flooding_ok",
+		"1 while the flood check finds that frames to the cluster MAC reach this node from every other node, 0 when they do not, or when it cannot tell (see clusterip_flooding_state).", []string{"vip"}, nil)
+	descFloodingState = prometheus.NewDesc("clusterip_flooding_state",
+		"The flood check's verdict: 1 for the current state (ok, broken or unknown), 0 for the others.", []string{"vip", "state"}, nil)
 	descMemberUp = prometheus.NewDesc("clusterip_member_up",
 		"1 while a member is alive (or suspect) as this node sees it, 0 once it is dead or gone.", []string{"member", "addr"}, nil)
 )
@@ -61,7 +65,7 @@ type metricsCollector struct{ d *Daemon }
 func (m metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descClusterInfo, descNodeServed, descNodesServed, descPackets,
 		descFlowsTracked, descFlowsKept, descFlowsEvicted, descFlowsUntracked, descHandoffs, descHealth, descKernelPath,
-		descProblems, descMemberUp} {
+		descProblems, descFloodingOK, descFloodingState, descMemberUp} {
 		ch <- d
 	}
 }
@@ -115,6 +119,16 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(descKernelPath, v, vip)
 		gauge(descProblems, float64(len(c.Problems)), vip)
+		for _, s := range []string{"ok", "broken", "unknown"} {
+			v := 0.0
+			if c.Flooding.State == s {
+				v = 1
+			}
+			if s == "ok" {
+				gauge(descFloodingOK, v, vip)
+			}
+			gauge(descFloodingState, v, vip, s)
+		}
 	}
 	if d.ms != nil {
 		for _, mem := range d.ms.Members() {

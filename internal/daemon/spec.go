@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/health"
 	"github.com/clusterip/clusterip/nodeset"
 	"github.com/spf13/pflag"
@@ -27,7 +28,8 @@ type Spec struct {
 	TotalNodes int
 	LocalNodes nodeset.NodeSet
 	HashInit   uint32
-	HashCompat hash.Compat   // whose hash: CLUSTERIP's (the default) or nftables'
+	HashCompat hash.Compat // whose hash: CLUSTERIP's (the default) or nftables'
+	MACMode    datapath.MACMode
 	Check      *health.Check // nil: no health check
 }
 
@@ -45,13 +47,36 @@ func DefaultClusterMAC(vip netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x01, 0x00, 0x5e, b[1] & 0x7f, b[2], b[3]}
 }
 
+// DefaultClusterMACFor is the cluster MAC used in mode when --clustermac is
+// left out, the same on every node:
+//   - multicast: DefaultClusterMAC;
+//   - unicast: 02:bf followed by the VIP's low 32 bits, a locally
+//     administered unicast MAC (as Windows NLB's unicast mode derives it);
+//   - igmp: the MAC of the group datapath.IGMPGroup maps it to:
+//     01:00:5e:7f followed by the IPv4 VIP's last two bytes (group
+//     239.255.X.Y, as NLB's IGMP mode), or for IPv6 the multicast default
+//     (group ff15:: and the VIP's low 32 bits).
+func DefaultClusterMACFor(vip netip.Addr, mode datapath.MACMode) net.HardwareAddr {
+	b := vip.As16()
+	switch mode {
+	case datapath.MACUnicast:
+		return net.HardwareAddr{0x02, 0xbf, b[12], b[13], b[14], b[15]}
+	case datapath.MACIGMP:
+		if vip.Is4() {
+			return net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, b[14], b[15]}
+		}
+	}
+	return DefaultClusterMAC(vip)
+}
+
 // SpecFlags registers the flags of `new` on fs and returns a function that
 // builds and validates the Spec after fs has parsed.
 func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 	vip := fs.String("vip", "", "the cluster's virtual IP address, IPv4 or IPv6 (required)")
 	iface := fs.String("interface", "", "the interface the VIP's clients reach (required)")
 	mode := fs.String("hashmode", "", "sourceip, sourceip-sourceport or sourceip-sourceport-destport (required)")
-	mac := fs.String("clustermac", "", "multicast cluster MAC shared by all nodes (default 01:00:5e + the IPv4 VIP's low 23 bits, or 33:33 + the IPv6 VIP's low 32 bits)")
+	mac := fs.String("clustermac", "", "cluster MAC shared by all nodes: multicast, or unicast with --mac-mode unicast (default: derived from the VIP, see README)")
+	macMode := fs.String("mac-mode", "", "how frames reach every node: multicast (the default: CLUSTERIP's), unicast (flooded as unknown unicast, through IGMP/MLD snooping) or igmp (a multicast MAC whose group every node joins)")
 	total := fs.Int("total-nodes", 0, fmt.Sprintf("number of node numbers in the cluster, 1..%d (required)", nodeset.Max))
 	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
 	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
@@ -76,12 +101,17 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 		if s.Mode, err = hash.ParseMode(*mode); err != nil {
 			return Spec{}, fmt.Errorf("--hashmode: %w", err)
 		}
+		if fs.Changed("mac-mode") {
+			if s.MACMode, err = datapath.ParseMACMode(*macMode); err != nil {
+				return Spec{}, fmt.Errorf("--mac-mode: %w", err)
+			}
+		}
 		if fs.Changed("clustermac") {
 			if s.ClusterMAC, err = net.ParseMAC(*mac); err != nil {
 				return Spec{}, fmt.Errorf("--clustermac %q: not a MAC address", *mac)
 			}
 		} else if s.VIP.Is4() || s.VIP.Is6() && !s.VIP.Is4In6() {
-			s.ClusterMAC = DefaultClusterMAC(s.VIP)
+			s.ClusterMAC = DefaultClusterMACFor(s.VIP, s.MACMode)
 		}
 		s.TotalNodes = *total
 		if s.TotalNodes < 1 || s.TotalNodes > nodeset.Max {
@@ -133,12 +163,20 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("--hash-compat %s: the CLUSTERIP hash has no IPv6; an IPv6 VIP hashes as nftables does (--hash-compat nftables)", s.HashCompat)
 	case !validIfaceName(s.Interface):
 		return fmt.Errorf("--interface %q: not an interface name", s.Interface)
+	case s.MACMode > datapath.MACIGMP:
+		return fmt.Errorf("--mac-mode %s: want multicast, unicast or igmp", s.MACMode)
 	case len(s.ClusterMAC) != 6:
 		return fmt.Errorf("--clustermac %s: not a 6-byte Ethernet address", s.ClusterMAC)
-	case s.ClusterMAC[0]&1 == 0:
-		return fmt.Errorf("--clustermac %s: unicast; the cluster MAC must be multicast (e.g. 01:00:5e:...)", s.ClusterMAC)
+	case s.MACMode == datapath.MACUnicast && s.ClusterMAC[0]&1 != 0:
+		return fmt.Errorf("--clustermac %s: multicast; with --mac-mode unicast the cluster MAC must be unicast (e.g. 02:bf:...)", s.ClusterMAC)
+	case s.MACMode == datapath.MACUnicast && string(s.ClusterMAC) == string(make([]byte, 6)):
+		return fmt.Errorf("--clustermac %s: the zero address", s.ClusterMAC)
+	case s.MACMode != datapath.MACUnicast && s.ClusterMAC[0]&1 == 0:
+		return fmt.Errorf("--clustermac %s: unicast; the cluster MAC must be multicast (e.g. 01:00:5e:...), or use --mac-mode unicast", s.ClusterMAC)
 	case s.ClusterMAC.String() == "ff:ff:ff:ff:ff:ff":
 		return fmt.Errorf("--clustermac %s: broadcast; the cluster MAC must be a multicast address", s.ClusterMAC)
+	case s.MACMode == datapath.MACIGMP && !igmpMACOK(s):
+		return fmt.Errorf("--clustermac %s: with --mac-mode igmp the cluster MAC must map a group: 01:00:5e:7f:X:Y (239.255.X.Y) for IPv4, 33:33:... (ff15::...) for IPv6", s.ClusterMAC)
 	case s.TotalNodes < 1 || s.TotalNodes > nodeset.Max:
 		return fmt.Errorf("--total-nodes %d: out of range 1..%d", s.TotalNodes, nodeset.Max)
 	}
@@ -153,6 +191,11 @@ func (s Spec) Validate() error {
 		}
 	}
 	return s.HashConfig().Validate()
+}
+
+func igmpMACOK(s Spec) bool {
+	_, ok := datapath.IGMPGroup(s.ClusterMAC, s.VIP.Is6())
+	return ok
 }
 
 // validIfaceName accepts what the kernel's dev_valid_name accepts: 1 to 15
@@ -192,6 +235,9 @@ func (s Spec) Args() []string {
 		// Only when not the family's default, so that a saved file stays
 		// readable by releases without the flag whenever it can.
 		args = append(args, "--hash-compat", s.HashCompat.String())
+	}
+	if s.MACMode != datapath.MACMulticast {
+		args = append(args, "--mac-mode", s.MACMode.String())
 	}
 	if c := s.Check; c != nil {
 		args = append(args, "--check", c.String(), "--check-interval", c.Interval.String(),

@@ -20,8 +20,14 @@ type Config struct {
 	VIP        netip.Addr
 	Interface  string
 	ClusterMAC net.HardwareAddr
-	Hash       hash.Config
-	Workers    int // readers, each with its own socket and TAP queue; 0: one per CPU
+	MACMode    MACMode // how the cluster MAC reaches the node (see MACMode)
+	// NodeName names this node in the flood check's hellos and probes.
+	NodeName string
+	// OnFlood, if set, hears each change of the flood check's report
+	// (see flood.go), from the datapath's own goroutine.
+	OnFlood func(FloodReport)
+	Hash    hash.Config
+	Workers int // readers, each with its own socket and TAP queue; 0: one per CPU
 	// KernelPath lets the kernel answer the settled numbers' packets itself
 	// (see kernelPath) when it can; without it, or when the kernel refuses
 	// the program, every answered packet goes through user space.
@@ -142,7 +148,8 @@ type Datapath struct {
 	// servingSince is when each number last began to be served here.
 	servingSince [nodeset.Max + 1]atomic.Int64
 	// late counts held packets answered by TakeOver.
-	late counters
+	late  counters
+	flood floodWatch
 
 	sweeping  sync.WaitGroup
 	closing   atomic.Bool
@@ -155,7 +162,7 @@ type attachment struct {
 	ifi     *net.Interface
 	workers []*worker // IPv4 or IPv6, each with its TAP queue
 	arp     *worker   // an IPv4 VIP's
-	mld     int       // an IPv6 VIP's: the socket holding its solicited-node group, or 0
+	groups  []int     // sockets holding IP multicast groups: an IPv6 VIP's solicited-node group, igmp mode's group
 	stop    atomic.Bool
 	wg      sync.WaitGroup
 }
@@ -163,10 +170,10 @@ type attachment struct {
 // closeGroups leaves the multicast groups the attachment joined on
 // sockets of their own.
 func (a *attachment) closeGroups() {
-	if a.mld > 0 {
-		unix.Close(a.mld)
-		a.mld = 0
+	for _, fd := range a.groups {
+		unix.Close(fd)
 	}
+	a.groups = nil
 }
 
 // readers returns every worker: the IPv4 ones and the ARP one.
@@ -250,13 +257,27 @@ func (d *Datapath) Attach() error {
 		etherType = unix.ETH_P_IPV6
 		// Neighbours solicit the VIP at its solicited-node group: join it
 		// as the stack would, so that MLD-snooping switches forward it.
-		if a.mld, err = joinSolicitedNode(ifi, d.cfg.VIP); err != nil {
+		sn, _ := SolicitedNode(d.cfg.VIP)
+		fd, err := joinGroup(ifi, sn)
+		if err != nil {
 			return fail(err)
 		}
+		a.groups = append(a.groups, fd)
+	}
+	if d.cfg.MACMode == MACIGMP {
+		group, ok := IGMPGroup(d.cfg.ClusterMAC, d.v6)
+		if !ok {
+			return fail(fmt.Errorf("igmp mode: cluster MAC %s is not mapped from a group", d.cfg.ClusterMAC))
+		}
+		fd, err := joinGroup(ifi, group)
+		if err != nil {
+			return fail(err)
+		}
+		a.groups = append(a.groups, fd)
 	}
 	var group uint16
 	for i := 0; i < d.cfg.Workers; i++ {
-		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, etherType, filter)
+		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, d.cfg.MACMode, etherType, filter)
 		if err != nil {
 			return fail(err)
 		}
@@ -272,16 +293,22 @@ func (d *Datapath) Attach() error {
 		// ARP needs no TAP and no fanout: one socket, whose filter (the
 		// same program) never changes, since ARP does not depend on the
 		// numbers.
-		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, unix.ETH_P_ARP, filter)
+		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, d.cfg.MACMode, unix.ETH_P_ARP, filter)
 		if err != nil {
 			return fail(err)
 		}
 		a.arp = newWorker(d, a, sock, -1, maxARPFrame)
 	}
+	fs, err := openFloodSocket(ifi)
+	if err != nil {
+		return fail(err)
+	}
 	for _, w := range a.readers() {
 		a.wg.Add(1)
 		go w.run()
 	}
+	a.wg.Add(1)
+	go d.floodLoop(a, fs)
 	d.att = a
 	if d.cfg.KernelPath {
 		if d.kernel, err = openKernelPath(ifi.Index, d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {

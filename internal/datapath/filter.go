@@ -28,7 +28,8 @@ const (
 // the kernel with the same jhash as the kernel target's, so a busy cluster
 // costs a node user-space work only for its own share. Fragments and ICMP go
 // to user space whatever their number: only there can later fragments be
-// matched to their first and ICMP errors to the flow they quote.
+// matched to their first and ICMP errors to the flow they quote. So do the
+// flood check's probes: every node must see every one.
 //
 // A frame the kernel path took is left out: the kernel path marks it as sent
 // to this host (PACKET_HOST) before the capture sockets, bound to IPv4 and
@@ -87,7 +88,8 @@ func captureFilter(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config,
 		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: ipFlagMF | ipFragOffMask, SkipFalse: 1},
 		bpf.RetConstant{Val: filterAccept},
 		bpf.LoadAbsolute{Off: ethHdrLen + 9, Size: 1}, // protocol
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: protoICMP, SkipFalse: 1},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: protoICMP, SkipTrue: 1},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: protoFloodProbe, SkipFalse: 1},
 		bpf.RetConstant{Val: filterAccept},
 	}
 	p = append(p, hashProgram(cfg)...)

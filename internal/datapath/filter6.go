@@ -78,8 +78,8 @@ func captureFilter6(vip netip.Addr, clusterMAC net.HardwareAddr, cfg hash.Config
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: macLo, SkipTrue: 1},
 		bpf.RetConstant{Val: 0},
 	)
-	// Extension headers and ICMPv6: user space.
-	userSpace := []uint32{nextHopByHop, nextRouting, nextFragment, nextAH, nextDestOpts, protoICMPv6}
+	// Extension headers, ICMPv6 and the flood check's probes: user space.
+	userSpace := []uint32{nextHopByHop, nextRouting, nextFragment, nextAH, nextDestOpts, protoICMPv6, protoFloodProbe}
 	p = append(p, bpf.LoadAbsolute{Off: ip6NextOff, Size: 1})
 	for i, proto := range userSpace {
 		p = append(p, bpf.JumpIf{Cond: bpf.JumpEqual, Val: proto, SkipTrue: uint8(len(userSpace) - i)})

@@ -58,7 +58,7 @@ func kernelProgram6(vip addr, mac []byte, cfg hash.Config, set nodeset.NodeSet, 
 	if protos == kernelTCPOnly {
 		p = append(p, asm.JNE.Imm(asm.R7, protoTCP, "next"))
 	} else {
-		for _, proto := range []int32{nextHopByHop, nextRouting, nextFragment, nextAH, nextNone, nextDestOpts, protoICMPv6} {
+		for _, proto := range []int32{nextHopByHop, nextRouting, nextFragment, nextAH, nextNone, nextDestOpts, protoICMPv6, protoFloodProbe} {
 			p = append(p, asm.JEq.Imm(asm.R7, proto, "next"))
 		}
 	}

@@ -46,7 +46,8 @@ type kernelPath struct {
 
 // kernelProtos says which whole (unfragmented) IPv4 packets the kernel path
 // may take for its numbers. ICMP always goes to user space: an ICMP error is
-// owned by the flow it quotes, not by its sender.
+// owned by the flow it quotes, not by its sender. So do the flood check's
+// probes, which every node must see.
 type kernelProtos uint8
 
 const (
@@ -59,7 +60,7 @@ func (f kernelProtos) takes(proto uint8) bool {
 	if f == kernelTCPOnly {
 		return proto == protoTCP
 	}
-	return proto != protoICMP
+	return proto != protoICMP && proto != protoICMPv6 && proto != protoFloodProbe
 }
 
 // TCX verdicts.
@@ -212,7 +213,10 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	if protos == kernelTCPOnly {
 		p = append(p, asm.JNE.Imm(asm.R8, protoTCP, "next"))
 	} else {
-		p = append(p, asm.JEq.Imm(asm.R8, protoICMP, "next"))
+		p = append(p,
+			asm.JEq.Imm(asm.R8, protoICMP, "next"),
+			asm.JEq.Imm(asm.R8, protoFloodProbe, "next"),
+		)
 	}
 	p = append(p, asm.LoadMem(asm.R9, asm.RFP, stackIP+12, asm.Word)) // saddr, as x86-64 loads it
 	if cfg.Compat != hash.NFTables {

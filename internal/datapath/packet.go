@@ -209,6 +209,11 @@ const (
 	protoUDP     = 17
 	protoUDPLite = 136
 
+	// protoFloodProbe carries the flood check's probes (flood.go): the
+	// protocol number RFC 3692 leaves for experiments, which no stack
+	// delivers to anything.
+	protoFloodProbe = 253
+
 	tcpFlagFIN = 0x01
 	tcpFlagSYN = 0x02
 	tcpFlagRST = 0x04

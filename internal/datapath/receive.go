@@ -142,6 +142,13 @@ func (w *worker) handle(b []byte, now int64) {
 // handleIP decides one IPv4 or IPv6 packet to the VIP: the per-packet path.
 func (w *worker) handleIP(p *ipPacket, b []byte, now int64) {
 	d := w.d
+	if p.proto == protoFloodProbe && !p.fragment() {
+		// Another node's flood check (flood.go), never delivered.
+		if !d.sawFlood(p.l4, net.HardwareAddr(b[vnetHdrLen+6:vnetHdrLen+12]), floodProbe) {
+			w.stats.notOwned.Add(1)
+		}
+		return
+	}
 	if !d.viaFragmentTable(p) {
 		switch d.accept(p, b, now) {
 		case verdictAnswer:

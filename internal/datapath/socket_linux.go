@@ -30,14 +30,15 @@ const readTimeout = 200 * time.Millisecond
 
 // openCaptureSocket binds a raw packet socket for EtherType proto to ifi
 // that sees only the frames filter passes (attached before bind), carries
-// the virtio-net header and subscribes the interface to the cluster MAC. The
+// the virtio-net header and subscribes the interface to the cluster MAC: to
+// its multicast filter, or in unicast mode to its unicast filter. The
 // membership belongs to the socket, so the kernel drops it when the socket
 // closes, even when the daemon is killed.
 //
 // A socket bound to one EtherType sees a frame after the interface's
 // ingress hook (where the kernel path runs), unlike one bound to every
 // protocol, and never sees the host's own outgoing frames.
-func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, proto uint16, filter []bpf.RawInstruction) (*captureSocket, error) {
+func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, mode MACMode, proto uint16, filter []bpf.RawInstruction) (*captureSocket, error) {
 	conn, err := packet.Listen(ifi, packet.Raw, int(proto), &packet.Config{Filter: filter})
 	if err != nil {
 		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
@@ -77,7 +78,7 @@ func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, proto ui
 		err = serr
 	}
 	if err == nil {
-		if jerr := conn.JoinGroup(clusterMAC); jerr != nil {
+		if jerr := joinMAC(raw, ifi, clusterMAC, mode); jerr != nil {
 			err = fmt.Errorf("join %s: %w", clusterMAC, jerr)
 		}
 	}
@@ -136,20 +137,48 @@ func (s *captureSocket) send(frame []byte, dst net.HardwareAddr) error {
 
 func (s *captureSocket) close() error { return s.conn.Close() }
 
-// joinSolicitedNode joins vip's solicited-node group on ifi through an
-// IPv6 socket of its own, so that the stack reports the membership (MLD)
-// as it does for its own addresses; the group is left when the socket
+// joinMAC adds mac to ifi's multicast filter, or in unicast mode to its
+// unicast filter (PACKET_MR_UNICAST), for as long as the socket lives.
+func joinMAC(raw syscall.RawConn, ifi *net.Interface, mac net.HardwareAddr, mode MACMode) error {
+	typ := uint16(unix.PACKET_MR_MULTICAST)
+	if mode == MACUnicast {
+		typ = unix.PACKET_MR_UNICAST
+	}
+	mreq := &unix.PacketMreq{Ifindex: int32(ifi.Index), Type: typ, Alen: uint16(len(mac))}
+	copy(mreq.Address[:], mac)
+	var err error
+	cerr := raw.Control(func(fd uintptr) {
+		err = unix.SetsockoptPacketMreq(int(fd), unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, mreq)
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// joinGroup joins the IP multicast group on ifi through a socket of its
+// own, so that the stack reports the membership (IGMP or MLD) and answers
+// queries for it as for its own groups; the group is left when the socket
 // closes, a crash included.
-func joinSolicitedNode(ifi *net.Interface, vip netip.Addr) (int, error) {
-	group, _ := SolicitedNode(vip)
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+func joinGroup(ifi *net.Interface, group netip.Addr) (int, error) {
+	family, level := unix.AF_INET, unix.IPPROTO_IP
+	if group.Is6() {
+		family, level = unix.AF_INET6, unix.IPPROTO_IPV6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return 0, fmt.Errorf("join %s on %s: %w", group, ifi.Name, err)
 	}
-	mreq := &unix.IPv6Mreq{Multiaddr: group.As16(), Interface: uint32(ifi.Index)}
-	if err := unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, unix.IPV6_JOIN_GROUP, mreq); err != nil {
+	if group.Is6() {
+		mreq := &unix.IPv6Mreq{Multiaddr: group.As16(), Interface: uint32(ifi.Index)}
+		err = unix.SetsockoptIPv6Mreq(fd, level, unix.IPV6_JOIN_GROUP, mreq)
+	} else {
+		mreq := &unix.IPMreqn{Multiaddr: group.As4(), Ifindex: int32(ifi.Index)}
+		err = unix.SetsockoptIPMreqn(fd, level, unix.IP_ADD_MEMBERSHIP, mreq)
+	}
+	if err != nil {
 		unix.Close(fd)
-		if disabled, _ := os.ReadFile("/proc/sys/net/ipv6/conf/" + ifi.Name + "/disable_ipv6"); string(disabled) == "1\n" {
+		if disabled, _ := os.ReadFile("/proc/sys/net/ipv6/conf/" + ifi.Name + "/disable_ipv6"); group.Is6() && string(disabled) == "1\n" {
 			return 0, fmt.Errorf("interface %s has IPv6 disabled (net.ipv6.conf.%s.disable_ipv6 = 1): an IPv6 VIP needs it on", ifi.Name, ifi.Name)
 		}
 		return 0, fmt.Errorf("join %s on %s: %w", group, ifi.Name, err)

@@ -20,6 +20,9 @@ type ClusterState struct {
 	Excluded  nodeset.NodeSet // numbers it must not be given (an operator's -N)
 	Draining  bool
 	Unhealthy bool
+	// NotFlooded says that frames sent to the cluster MAC do not reach the
+	// node (its flood check); it changes nothing in the assignment.
+	NotFlooded bool
 }
 
 // Available tells whether the node should be given numbers.
@@ -37,11 +40,12 @@ type Meta struct {
 }
 
 const (
-	stateVersion   = 3
+	stateVersion   = 4
 	stateSetsLen   = 5 * 8
 	flagDraining   = 1 << 0
 	flagUnhealthy  = 1 << 1
 	flagIPv6       = 1 << 2 // the VIP is 16 bytes, not 4
+	flagNotFlooded = 1 << 3
 	flagPublished  = 1 << 0
 	metaHeaderLen  = 1 + 8 + 1 // version, start time, flags
 	maxMetaLen     = 512       // memberlist's MetaMaxSize
@@ -96,6 +100,9 @@ func (m Meta) Encode() ([]byte, error) {
 		if s.VIP.Is6() {
 			flags |= flagIPv6
 		}
+		if s.NotFlooded {
+			flags |= flagNotFlooded
+		}
 		b = append(b, flags)
 		b = append(b, s.VIP.AsSlice()...)
 		for _, set := range []nodeset.NodeSet{s.Home, s.Serving, s.Leaving, s.Kept, s.Excluded} {
@@ -130,7 +137,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 	m.Clusters = make([]ClusterState, 0, len(b)/stateLen4)
 	for len(b) > 0 {
 		flags := b[0]
-		if flags&^(flagDraining|flagUnhealthy|flagIPv6) != 0 {
+		if flags&^(flagDraining|flagUnhealthy|flagIPv6|flagNotFlooded) != 0 {
 			return Meta{}, fmt.Errorf("membership: unknown flags %#x (a newer version's metadata needs a new version byte)", flags)
 		}
 		alen := 4
@@ -144,7 +151,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 		if vip.Is4In6() {
 			return Meta{}, errors.New("membership: an IPv4-mapped VIP in metadata")
 		}
-		s := ClusterState{VIP: vip, Draining: flags&flagDraining != 0, Unhealthy: flags&flagUnhealthy != 0}
+		s := ClusterState{VIP: vip, Draining: flags&flagDraining != 0, Unhealthy: flags&flagUnhealthy != 0, NotFlooded: flags&flagNotFlooded != 0}
 		sets := []*nodeset.NodeSet{&s.Home, &s.Serving, &s.Leaving, &s.Kept, &s.Excluded}
 		for i, p := range sets {
 			*p = nodeset.NodeSet(binary.BigEndian.Uint64(b[1+alen+8*i:]))

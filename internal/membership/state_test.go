@@ -142,6 +142,7 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 		}}},
 		{name: "draining only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Draining: true}}},
 		{name: "unhealthy only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Unhealthy: true}}},
+		{name: "not flooded", states: []membership.ClusterState{{VIP: netip.MustParseAddr("2001:db8::1"), NotFlooded: true, Draining: true}}},
 		{name: "distinct sets", states: []membership.ClusterState{{
 			VIP:      netip.MustParseAddr("10.9.8.7"),
 			Home:     set(t, 1),
@@ -173,8 +174,8 @@ func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
 			if len(b) > 512 {
 				t.Fatalf("EncodeMeta gave %d bytes, more than memberlist's 512", len(b))
 			}
-			if b[0] != 3 {
-				t.Fatalf("version byte %d, want 3", b[0])
+			if b[0] != 4 {
+				t.Fatalf("version byte %d, want 4", b[0])
 			}
 			got, err := decode(b)
 			if err != nil {
@@ -207,7 +208,7 @@ func TestEncodeMetaLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []byte{
-		3,                      // version
+		4,                      // version
 		1, 2, 3, 4, 5, 6, 7, 8, // start time, Unix nanoseconds
 		1,            // published
 		3,            // Draining | Unhealthy, not IPv6
@@ -233,7 +234,7 @@ func TestDecodeMetaEmpty(t *testing.T) {
 	}
 	// A header alone is a node that serves no cluster; unpublished, it is
 	// one that has not said so yet.
-	hdr := []byte{3, 0, 0, 0, 0, 0, 0, 0, 9, 0}
+	hdr := []byte{4, 0, 0, 0, 0, 0, 0, 0, 9, 0}
 	m, err := membership.DecodeMeta(hdr)
 	if err != nil || len(m.Clusters) != 0 || m.Published || m.Started.UnixNano() != 9 {
 		t.Errorf("DecodeMeta(%v) = %+v, %v; want an unpublished node started at 9ns", hdr, m, err)
@@ -313,7 +314,8 @@ func TestDecodeMetaErrors(t *testing.T) {
 		{"version 1", withVersion(1), "version 1"},
 		{"version 255", withVersion(255), "version 255"},
 		{"version 2", withVersion(2), "version 2"},
-		{"version 3 alone", []byte{3}, "shorter than its header"},
+		{"version 3", withVersion(3), "version 3"},
+		{"version 4 alone", []byte{4}, "shorter than its header"},
 		{"header cut", good[:headerLen-1], "shorter than its header"},
 		{"one byte short", good[:len(good)-1], "whole number"},
 		{"one byte long", append(bytes.Clone(good), 0), "whole number"},
@@ -347,7 +349,7 @@ func TestDecodeMetaUnknownFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for bit := 3; bit < 8; bit++ {
+	for bit := 4; bit < 8; bit++ {
 		bad := bytes.Clone(b)
 		bad[headerLen] |= 1 << bit
 		if got, err := decode(bad); err == nil {
@@ -360,8 +362,8 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add([]byte{0})
-	f.Add([]byte{3, 1, 2, 3})
-	f.Add([]byte{3, 0, 0, 0, 0, 0, 0, 0, 1, 0})
+	f.Add([]byte{4, 1, 2, 3})
+	f.Add([]byte{4, 0, 0, 0, 0, 0, 0, 0, 1, 0})
 	for _, states := range [][]membership.ClusterState{
 		{{VIP: netip.MustParseAddr("10.0.0.1"), Home: 3, Serving: 7, Leaving: 4, Kept: 8, Excluded: 16, Draining: true}},
 		{
