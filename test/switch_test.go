@@ -29,6 +29,7 @@ import (
 //     IP address, so the flood check reports igmp mode broken on it, and
 //     ok again once the bridge stops snooping.
 func TestMACModesOnSnoopingBridge(t *testing.T) {
+	t.Parallel()
 	for _, vip := range []netip.Addr{lab.VIP, lab.VIP6} {
 		t.Run(familyName(vip), func(t *testing.T) {
 			t.Parallel()

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -115,7 +116,11 @@ SIGINT, restoring the host. SIGHUP (or "clusterctl reload") re-reads --config.`,
 			}
 			opts.Membership = &m
 		} else {
-			for _, f := range []string{"bind", "gossip-port", "gossip-key", "gossip-insecure", "node-name", "alone-after"} {
+			if cmd.Flags().Changed("node-name") && (m.Name == "" || len(m.Name) > 64 || strings.ContainsFunc(m.Name, func(r rune) bool { return r < 0x21 || r == 0x7f })) {
+				return fmt.Errorf("--node-name %q: want 1 to 64 printable bytes without spaces", m.Name)
+			}
+			opts.NodeName = m.Name
+			for _, f := range []string{"bind", "gossip-port", "gossip-key", "gossip-insecure", "alone-after"} {
 				if cmd.Flags().Changed(f) {
 					return fmt.Errorf("--%s needs --peers", f)
 				}
@@ -145,7 +150,7 @@ SIGINT, restoring the host. SIGHUP (or "clusterctl reload") re-reads --config.`,
 	f.IntVar(&m.Port, "gossip-port", 7946, "gossip port, TCP and UDP")
 	f.StringVar(&m.KeyFile, "gossip-key", "", "file holding the shared gossip key, mode 0600 (clusterctl genkey FILE)")
 	f.BoolVar(&m.Insecure, "gossip-insecure", false, "gossip without encryption or authentication")
-	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership (default: the host name)")
+	f.StringVar(&m.Name, "node-name", "", "this node's name in the membership and to the other nodes' flood checks (default: the host name)")
 	f.DurationVar(&m.AloneAfter, "alone-after", 0, "serve every number alone if no peer was met within this time (0: never; a node that met no peer serves nothing)")
 	f.BoolVar(&debug, "debug", false, "log at debug level (includes memberlist's probes)")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

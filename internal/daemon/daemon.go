@@ -41,6 +41,9 @@ type Options struct {
 	// MetricsAddress serves Prometheus metrics at /metrics on ADDR:PORT;
 	// "" for none.
 	MetricsAddress string
+	// NodeName names the node to the other nodes' flood checks without
+	// membership (with it, the member name does); "": the host name.
+	NodeName string
 	// Notify is a program run on every change of the numbers served and
 	// on members going up or down (see hooks); "" for none.
 	Notify        string
@@ -338,6 +341,9 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 func (d *Daemon) nodeName() string {
 	if d.ms != nil {
 		return d.ms.Name()
+	}
+	if d.opts.NodeName != "" {
+		return d.opts.NodeName
 	}
 	name, _ := os.Hostname()
 	return name

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -373,7 +374,12 @@ func (l *Lab) ControlFileOf(h *Host, vip netip.Addr) string {
 
 // StartDaemon starts clusterctl daemon in h and waits until it answers.
 func (l *Lab) StartDaemon(h *Host, extra ...string) (*Proc, error) {
-	args := append([]string{"daemon", "--socket", l.Socket(h), "--control-dir", l.ControlDir(h)}, extra...)
+	args := []string{"daemon", "--socket", l.Socket(h), "--control-dir", l.ControlDir(h)}
+	if !slices.Contains(extra, "--node-name") {
+		// The nodes share the host's name: the lab names them.
+		args = append(args, "--node-name", h.Name)
+	}
+	args = append(args, extra...)
 	p, err := l.start(h, "daemon-"+h.Name, l.DaemonEnv, l.Exe, args...)
 	if err != nil {
 		return nil, err
