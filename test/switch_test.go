@@ -197,10 +197,13 @@ func (c *cluster) reloadWith(extra string) {
 }
 
 // Without --peers each node judges alone, from the other nodes' hellos and
-// probes: each names only itself as not reached.
+// probes: each names only itself as not reached. Switching the cluster to
+// unicast mode by delete and new then serves through the same snooping
+// bridge, here with every packet through user space.
 func TestFloodCheckWithoutPeers(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, 2, "sourceip", false)
+	const mode = "sourceip-sourceport"
+	c := newCluster(t, 2, mode, false, "--datapath", "user")
 	check := func(state string, self bool) {
 		t.Helper()
 		eventually(t, 30*time.Second, "flooding "+state+" on both nodes", func() (bool, string) {
@@ -223,8 +226,19 @@ func TestFloodCheckWithoutPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("broken", true)
-	if err := c.PlainSwitch(); err != nil {
-		t.Fatal(err)
+	for i, h := range c.Nodes {
+		c.ctl(h, "delete", c.vip.String())
+		c.ctl(h, "new", "--vip", c.vip.String(), "--interface", "eth0", "--hashmode", mode, "--total-nodes", "2",
+			"--local-node", fmt.Sprint(i+1), "--mac-mode", "unicast")
 	}
 	check("ok", false)
+	served := c.probeOK("unicast mode, user path, snooping bridge", 16)
+	if len(served) != 2 {
+		t.Errorf("16 connections reached only %v", served)
+	}
+	for _, h := range c.Nodes {
+		if st := status(t, c, h)[0]; st.KernelPath || st.Packets.UserAnswered == 0 {
+			t.Errorf("%s: --datapath user, but kernel path %v and %d packets through user space", h.Name, st.KernelPath, st.Packets.UserAnswered)
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/internal/daemon"
+	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/health"
 	"github.com/clusterip/clusterip/nodeset"
 )
@@ -91,6 +92,12 @@ func TestParseSpecErrors(t *testing.T) {
 		{"--clustermac unicast", with("--clustermac", "02:00:5e:00:02:0a"), "--clustermac", "unicast"},
 		{"--clustermac broadcast", with("--clustermac", "ff:ff:ff:ff:ff:ff"), "--clustermac", "broadcast"},
 		{"--clustermac EUI-64", with("--clustermac", "01:00:5e:00:00:00:02:0a"), "--clustermac", "6-byte"},
+		{"--mac-mode unknown", with("--mac-mode", "broadcast"), "--mac-mode", "want multicast, unicast or igmp"},
+		{"--mac-mode empty", with("--mac-mode", ""), "--mac-mode", "want multicast, unicast or igmp"},
+		{"--mac-mode unicast, multicast MAC", append(with("--mac-mode", "unicast"), "--clustermac", "01:00:5e:00:02:0a"), "--clustermac", "must be unicast"},
+		{"--mac-mode unicast, zero MAC", append(with("--mac-mode", "unicast"), "--clustermac", "00:00:00:00:00:00"), "--clustermac", "zero"},
+		{"--mac-mode igmp, unmapped MAC", append(with("--mac-mode", "igmp"), "--clustermac", "01:00:5e:00:02:0a"), "--clustermac", "map a group"},
+		{"--mac-mode igmp, IPv6, unmapped MAC", append(with("--mac-mode", "igmp"), "--vip", "2001:db8::1", "--clustermac", "01:00:5e:7f:02:0a"), "--clustermac", "map a group"},
 		{"--total-nodes 0", with("--total-nodes", "0"), "--total-nodes", "out of range 1..64"},
 		{"--total-nodes 65", with("--total-nodes", "65"), "--total-nodes", "out of range 1..64"},
 		{"--total-nodes -1", with("--total-nodes", "-1"), "--total-nodes", "out of range 1..64"},
@@ -176,6 +183,20 @@ func TestParseSpec(t *testing.T) {
 			s.ClusterMAC = net.HardwareAddr{0x33, 0x33, 0, 0x0a, 0x0b, 0x0c}
 		})},
 		{"hash-compat clusterip", with("--hash-compat", "clusterip"), spec(func(s *daemon.Spec) {})},
+		{"mac-mode multicast", with("--mac-mode", "multicast"), spec(func(s *daemon.Spec) {})},
+		{"mac-mode unicast: 02:bf and the VIP", with("--mac-mode", "unicast"), spec(func(s *daemon.Spec) {
+			s.MACMode, s.ClusterMAC = datapath.MACUnicast, net.HardwareAddr{0x02, 0xbf, 192, 0, 2, 10}
+		})},
+		{"mac-mode unicast, any unicast MAC", append(with("--mac-mode", "unicast"), "--clustermac", "52:54:00:12:34:56"), spec(func(s *daemon.Spec) {
+			s.MACMode, s.ClusterMAC = datapath.MACUnicast, net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+		})},
+		{"mac-mode igmp: 239.255.2.10", with("--mac-mode", "igmp"), spec(func(s *daemon.Spec) {
+			s.MACMode, s.ClusterMAC = datapath.MACIGMP, net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, 2, 10}
+		})},
+		{"mac-mode igmp, IPv6: ff15::a:b0c", append(with("--mac-mode", "igmp"), "--vip", "2001:db8::a:b0c"), spec(func(s *daemon.Spec) {
+			s.VIP, s.HashCompat, s.MACMode = netip.MustParseAddr("2001:db8::a:b0c"), hash.NFTables, datapath.MACIGMP
+			s.ClusterMAC = net.HardwareAddr{0x33, 0x33, 0, 0x0a, 0x0b, 0x0c}
+		})},
 		{
 			"--flag=value forms",
 			[]string{"--vip=192.0.2.10", "--interface=eth0", "--hashmode=sourceip", "--total-nodes=2"},
@@ -230,6 +251,10 @@ func specs() []daemon.Spec {
 			ClusterMAC: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xfe}, TotalNodes: 16},
 		{VIP: netip.MustParseAddr("2001:db8:1:2::100"), Interface: "eth0", Mode: hash.SourceIPSourcePortDestPort,
 			ClusterMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 1, 0}, TotalNodes: 5, LocalNodes: nodes(2), HashCompat: hash.NFTables},
+		{VIP: netip.MustParseAddr("192.0.2.11"), Interface: "eth0", Mode: hash.SourceIP, MACMode: datapath.MACUnicast,
+			ClusterMAC: net.HardwareAddr{0x02, 0xbf, 192, 0, 2, 11}, TotalNodes: 2},
+		{VIP: netip.MustParseAddr("2001:db8::7"), Interface: "eth0", Mode: hash.SourceIP, MACMode: datapath.MACIGMP,
+			ClusterMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 0, 7}, TotalNodes: 2, HashCompat: hash.NFTables},
 	}
 }
 
