@@ -87,7 +87,10 @@ type ClusterStatus struct {
 
 // FloodingStatus is the flood check's verdict (README, "Switches").
 type FloodingStatus struct {
-	State string `json:"state"` // ok, broken or unknown (no other node heard long enough)
+	// State is broken when frames to the cluster MAC do not reach this node
+	// or, with --peers, another that says so; unknown when no other node
+	// was heard long enough to tell.
+	State string `json:"state"`
 	// Nodes are the nodes that frames to the cluster MAC do not reach:
 	// this one, and with --peers the others that say so.
 	Nodes []string `json:"nodes"`

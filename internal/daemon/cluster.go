@@ -32,6 +32,7 @@ type cluster struct {
 	fromConfig  bool   // declared by the config file: a reload manages it
 
 	node     string               // this node's name in the flood check
+	floodMu  sync.Mutex           // guards flood: the datapath reports while c.mu may wait for it
 	flood    datapath.FloodReport // the flood check's last report
 	hooks    *hooks               // the --notify program
 	notified nodeset.NodeSet      // the numbers served as hooks last heard
@@ -82,14 +83,17 @@ func (c *cluster) setLinkProblem(problem string) {
 
 // floodChanged hears the flood check's new report: it logs the change once,
 // and under automatic failover gossips it.
+//
+// It must not take c.mu: a delete holds c.mu while it closes the datapath,
+// which waits for the goroutine that calls this.
 func (c *cluster) floodChanged(r datapath.FloodReport) {
-	c.mu.Lock()
+	c.floodMu.Lock()
 	prev := c.flood
 	c.flood = r
+	c.floodMu.Unlock()
 	if c.fo != nil {
-		c.fo.notFlooded = r.State == datapath.FloodBroken
+		c.fo.notFlooded.Store(r.State == datapath.FloodBroken)
 	}
-	c.mu.Unlock()
 	switch {
 	case r.State == datapath.FloodBroken && prev.State == datapath.FloodBroken:
 		c.log.Warn("flood check: frames to the cluster MAC still do not reach this node", "missing_from", strings.Join(r.Missing, ","))

@@ -310,12 +310,14 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 		initial = 0 // the failover loop hands out numbers once it knows who is alive
 	}
 	c := &cluster{spec: s, log: d.log.With("vip", s.VIP.String()), kick: d.kick, stopChecks: func() {}, fromConfig: fromConfig, hooks: d.hooks, node: d.nodeName()}
+	if d.ms != nil {
+		c.fo = newFailover(s.LocalNodes)
+	}
 	dp, err := datapath.Open(datapath.Config{VIP: s.VIP, Interface: s.Interface, ClusterMAC: s.ClusterMAC, MACMode: s.MACMode,
 		Hash: s.HashConfig(), Workers: d.opts.Workers, KernelPath: !d.opts.UserOnly, NodeName: c.node, OnFlood: c.floodChanged}, initial, d.log)
 	if err == nil {
 		c.dp = dp
 		if d.ms != nil {
-			c.fo = newFailover(s.LocalNodes)
 			dp.SetPolicy(datapath.Policy{Track: true})
 			c.startChecks()
 		}

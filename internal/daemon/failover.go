@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterip/clusterip/internal/datapath"
@@ -44,7 +45,7 @@ type failover struct {
 	// notFlooded: the flood check finds that frames to the cluster MAC do
 	// not reach this node. Gossiped so that every node can name it; it
 	// does not move numbers (the switch fails every node alike, mostly).
-	notFlooded bool
+	notFlooded atomic.Bool
 
 	serving    nodeset.NodeSet
 	leaving    map[int]time.Time // numbers being handed off, since when
@@ -92,7 +93,7 @@ func (f *failover) localState(vip netip.Addr) membership.ClusterState {
 	}
 	return membership.ClusterState{
 		VIP: vip, Home: f.home, Serving: f.serving, Leaving: leaving,
-		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy || f.linkDown, NotFlooded: f.notFlooded,
+		Excluded: f.excluded, Draining: f.draining, Unhealthy: f.unhealthy || f.linkDown, NotFlooded: f.notFlooded.Load(),
 	}
 }
 

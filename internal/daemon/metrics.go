@@ -52,7 +52,7 @@ var (
 	descProblems = prometheus.NewDesc("clusterip_problems",
 		"Problems that keep this node from serving the VIP now (interface gone or down, name conflict); 0 when all is well.", []string{"vip"}, nil)
 	descFloodingOK = prometheus.NewDesc("clusterip_flooding_ok",
-		"1 while the flood check finds that frames to the cluster MAC reach this node from every other node, 0 when they do not, or when it cannot tell (see clusterip_flooding_state).", []string{"vip"}, nil)
+		"1 while the flood check finds that frames to the cluster MAC reach every node it knows of (this one, and with --peers the others), 0 when they do not, or when it cannot tell (see clusterip_flooding_state).", []string{"vip"}, nil)
 	descFloodingState = prometheus.NewDesc("clusterip_flooding_state",
 		"The flood check's verdict: 1 for the current state (ok, broken or unknown), 0 for the others.", []string{"vip", "state"}, nil)
 	descMemberUp = prometheus.NewDesc("clusterip_member_up",
