@@ -14,10 +14,13 @@ DESTDIR    ?=
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/clusterip
+# Pacemaker looks for resource agents here, whatever PREFIX is.
+OCFDIR     ?= /usr/lib/ocf/resource.d/clusterip
 
 # The tools the tests use (root, in network namespaces) and their packages.
 TEST_TOOLS := ip:iproute2 nsenter:util-linux unshare:util-linux setpriv:util-linux \
-              ping:iputils-ping curl:curl bash:bash dpkg-deb:dpkg nft:nftables
+              ping:iputils-ping curl:curl bash:bash dpkg-deb:dpkg nft:nftables \
+              ocf-tester:resource-agents xmllint:libxml2-utils
 
 .PHONY: all build labctl docs demo test deps unit e2e vet fmt fuzz clean bench-failover bench install uninstall deb
 
@@ -90,6 +93,7 @@ install: build docs
 	install -D -m 0644 build/docs/completions/clusterctl.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/clusterctl
 	install -D -m 0644 build/docs/completions/_clusterctl $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_clusterctl
 	install -D -m 0644 build/docs/completions/clusterctl.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/clusterctl.fish
+	install -D -m 0755 dist/ocf/ClusterIP $(DESTDIR)$(OCFDIR)/ClusterIP
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 dist/monitoring/grafana-dashboard.json $(DESTDIR)$(DOCDIR)/examples/grafana-dashboard.json
 	install -D -m 0644 dist/monitoring/alerts.yml $(DESTDIR)$(DOCDIR)/examples/alerts.yml
@@ -102,7 +106,8 @@ uninstall:
 	  $(DESTDIR)$(PREFIX)/share/man/man8/clusterctl*.8 \
 	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions/clusterctl \
 	  $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_clusterctl \
-	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/clusterctl.fish
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/clusterctl.fish \
+	  $(DESTDIR)$(OCFDIR)/ClusterIP
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 # A Debian package of the same: build/clusterip_VERSION_ARCH.deb.

@@ -46,6 +46,7 @@ func TestDebianPackage(t *testing.T) {
 		"./usr/share/zsh/vendor-completions/_clusterctl",
 		"./usr/share/fish/vendor_completions.d/clusterctl.fish",
 		"./usr/share/doc/clusterip/README.md",
+		"./usr/lib/ocf/resource.d/clusterip/ClusterIP",
 		"./usr/share/doc/clusterip/copyright",
 		"./usr/share/doc/clusterip/examples/grafana-dashboard.json",
 		"./usr/share/doc/clusterip/examples/alerts.yml",
