@@ -56,6 +56,7 @@ status document.`,
 		drainCommand(),
 		resumeCommand(),
 		hashCommand(),
+		importCommand(),
 		genkeyCommand(),
 		versionCommand(),
 		demoCommand(),
@@ -281,6 +282,43 @@ documented in the README.`,
 	cmd.Flags().StringVarP(&output, "output", "o", "", "wide: every column")
 	cmd.RegisterFlagCompletionFunc("output", fixedCompletions("wide"))
 	return cmd
+}
+
+func importCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "import < RULES",
+		Short: "Translate iptables-save (or iptables -S) output with CLUSTERIP rules into a config file",
+		Long: `Read iptables-save or iptables -S output on standard input and print the equivalent config
+file (see clusterctl save): every CLUSTERIP rule with --new becomes one "new" line, with its
+interface, VIP, cluster MAC, hash mode, total nodes, local node and hash-init. Rules without
+--new refer to their VIP's cluster; other rules are ignored and counted. A rule that cannot be
+translated faithfully (a negated match, a network instead of one address, a wildcard interface,
+an unknown option) is reported with its line number, and the command then exits non-zero.
+
+  iptables-save | clusterctl import > /etc/clusterip/clusters.conf`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			imp, err := daemon.ImportIptables(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			text := daemon.FormatConfig(imp.Specs)
+			head, body, _ := strings.Cut(text, "\n# Load with")
+			fmt.Fprintf(out, "%s\n# Imported: %d CLUSTERIP rules, %d clusters; %d other rules ignored.\n", head, imp.Rules, len(imp.Specs), imp.Ignored)
+			for _, n := range imp.Notes {
+				fmt.Fprintf(out, "# %s\n", n)
+			}
+			fmt.Fprint(out, "# Load with"+body)
+			for _, p := range imp.Problems {
+				fmt.Fprintf(cmd.ErrOrStderr(), "clusterctl import: %s\n", p)
+			}
+			if len(imp.Problems) > 0 {
+				return fmt.Errorf("import: %d CLUSTERIP rules could not be translated (above); the output lacks them", len(imp.Problems))
+			}
+			return nil
+		},
+	}
 }
 
 func saveCommand() *cobra.Command {
