@@ -25,9 +25,9 @@
 //
 // # Semantics
 //
-// Files are mode 0600 and owned by root, the directory is mode 0755, and the
-// mount uses the default_permissions option so that the kernel enforces those
-// modes. Nothing is cached by the kernel: every read(2) reaches Contents and
+// Files are mode 0600 and owned by root (Dir.Chown, or chown(2) by root, gives
+// one to another user), the directory is mode 0755, and the mount uses the
+// default_permissions option so that the kernel enforces those modes. Nothing is cached by the kernel: every read(2) reaches Contents and
 // every lookup sees the current set of files.
 //
 // Reads behave like a seq_file: a read at offset 0 takes a fresh snapshot of

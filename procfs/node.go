@@ -92,6 +92,9 @@ type fileNode struct {
 	fusefs.Inode
 	f     File
 	mtime time.Time
+	// owner is the file's uid and gid (uid<<32 | gid): root's, or whom
+	// Dir.Chown or a chown(2) by root gave it to.
+	owner atomic.Uint64
 
 	// removed is set by Dir.Remove and Dir.Close, after which the kernel
 	// may still hold the node through open descriptors.
@@ -121,17 +124,36 @@ func (n *fileNode) attr(a *fuse.Attr) {
 	a.Mode = 0o600
 	a.Nlink = 1
 	a.Size = 0
-	a.Uid, a.Gid = 0, 0
+	o := n.owner.Load()
+	a.Uid, a.Gid = uint32(o>>32), uint32(o)
 	a.SetTimes(&n.mtime, &n.mtime, &n.mtime)
 }
 
 // Setattr accepts truncation and time changes as no-ops, so that opening with
 // O_TRUNC (the shell's >) and touch work; go-fuse does not negotiate
 // atomic O_TRUNC, so the kernel sends truncation as a separate SETATTR.
-// Ownership and mode are fixed.
+// The mode is fixed. Ownership may change: the kernel has already checked
+// the caller's right to chown (default_permissions), and the owner then
+// reads and writes the file as root does (strongSwan's ha plugin chowns
+// its files to its own user).
 func (n *fileNode) Setattr(_ context.Context, _ fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+	if in.Valid&fuse.FATTR_MODE != 0 {
 		return syscall.EPERM
+	}
+	if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+		for {
+			old := n.owner.Load()
+			uid, gid := uint32(old>>32), uint32(old)
+			if in.Valid&fuse.FATTR_UID != 0 {
+				uid = in.Uid
+			}
+			if in.Valid&fuse.FATTR_GID != 0 {
+				gid = in.Gid
+			}
+			if n.owner.CompareAndSwap(old, uint64(uid)<<32|uint64(gid)) {
+				break
+			}
+		}
 	}
 	n.attr(&out.Attr)
 	return 0

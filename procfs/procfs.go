@@ -198,6 +198,27 @@ func (d *Dir) Add(name string, f File) error {
 	return nil
 }
 
+// Chown gives file name to uid and gid, as chown(2) by root would; it is
+// an error if name does not exist. The file stays mode 0600: its owner may
+// read and write it.
+func (d *Dir) Chown(name string, uid, gid uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return d.pathError("chown", name, fs.ErrClosed)
+	}
+	ch := d.root.GetChild(name)
+	if ch == nil {
+		return d.pathError("chown", name, fs.ErrNotExist)
+	}
+	n, ok := ch.Operations().(*fileNode)
+	if !ok {
+		return d.pathError("chown", name, fs.ErrInvalid)
+	}
+	n.owner.Store(uint64(uid)<<32 | uint64(gid))
+	return nil
+}
+
 // Remove deletes file name. It is an error if name does not exist.
 //
 // Once Remove returns, the File is no longer called by the package (calls

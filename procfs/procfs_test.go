@@ -363,7 +363,7 @@ func TestPermissions(t *testing.T) {
 		{name: "symlink", op: func() error { return os.Symlink("x", filepath.Join(d.Path(), "link")) }, errno: syscall.EPERM},
 		{name: "link", op: func() error { return os.Link(path, filepath.Join(d.Path(), "link")) }, errno: syscall.EPERM},
 		{name: "chmod", op: func() error { return os.Chmod(path, 0o666) }, errno: syscall.EPERM},
-		{name: "chown", op: func() error { return os.Chown(path, 1, 1) }, errno: syscall.EPERM},
+		{name: "chown", op: func() error { return os.Chown(path, 1, 1) }}, // root may give it away
 		{name: "truncate", op: func() error { return os.Truncate(path, 0) }},
 		{name: "touch", op: func() error { return os.Chtimes(path, time.Now(), time.Now()) }},
 	}
@@ -387,6 +387,8 @@ func TestPermissions(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode() != 0o600 {
 		t.Fatalf("unexpected file after operations: %v, %v", fi, err)
+	} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1 || st.Gid != 1 {
+		t.Fatalf("owner after chown 1:1: %d:%d", st.Uid, st.Gid)
 	}
 }
 
@@ -428,6 +430,27 @@ func TestOtherUser(t *testing.T) {
 	}
 	if diff := f.diffWrites(); diff != "" {
 		t.Fatal(diff)
+	}
+
+	// Given to nobody (as strongSwan's ha plugin chowns its files), the
+	// file is nobody's to read and write, and only root can take it back.
+	if err := d.Chown("x", 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nobody("echo +2 > " + path + " && cat " + path); err != nil || out != "1\n" {
+		t.Fatalf("nobody, owning the file, cannot use it: %v: %q", err, out)
+	}
+	if out, err := nobody("chown 0:0 " + path); err == nil {
+		t.Fatalf("nobody gave the file to root: %q", out)
+	}
+	if err := os.Chown(path, 0, 0); err != nil {
+		t.Fatalf("root takes the file back: %v", err)
+	}
+	if out, err := nobody("cat " + path); err == nil {
+		t.Fatalf("nobody still reads root's file: %q", out)
+	}
+	if err := d.Chown("nope", 1, 1); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Chown of a missing file: %v", err)
 	}
 }
 

@@ -1,12 +1,14 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,4 +184,64 @@ func ipaddr2MAC(t *testing.T, c *cluster, h *lab.Host) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
+}
+
+// strongSwan's ha plugin writes +N/-N as its own user: a control file given
+// to it by --control-owner (or by root's chown, which lasts while the
+// cluster does) is its to read and write, and nobody else's.
+func TestControlOwner(t *testing.T) {
+	c := newDaemonsOnly(t, 1)
+	n1 := c.Nodes[0]
+	// The lab's directory is private; let nobody reach the control files.
+	for _, p := range []string{c.Dir, filepath.Dir(c.Dir)} {
+		if err := os.Chmod(p, 0o755); err != nil && p == c.Dir {
+			t.Fatal(err)
+		}
+	}
+	c.ctl(n1, "new", "--vip", lab.VIP.String(), "--interface", "eth0", "--hashmode", "sourceip", "--total-nodes", "2",
+		"--control-owner", "nobody:nogroup")
+	file := c.ControlFileOf(n1, lab.VIP)
+	owner := func() string {
+		fi, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%d:%d %o", st.Uid, st.Gid, fi.Mode().Perm())
+	}
+	if got := owner(); got != "65534:65534 600" {
+		t.Fatalf("control file %s, want 65534:65534 600", got)
+	}
+	as := func(uid int, cmd string) (string, error) {
+		return c.Run(n1, "setpriv", "--reuid="+strconv.Itoa(uid), "--regid="+strconv.Itoa(uid), "--clear-groups", "sh", "-c", cmd)
+	}
+	if out, err := as(65534, "echo +2 > "+file+" && echo +1 > "+file+" && cat "+file); err != nil || out != "1,2\n" {
+		t.Fatalf("the owner's +1 +2: %v %q", err, out)
+	}
+	if out, err := as(1, "echo -1 > "+file); err == nil {
+		t.Errorf("another user wrote the control file: %q", out)
+	}
+	// root gives it to another user; it stays theirs while the cluster lives.
+	if err := os.Chown(file, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := as(1, "echo -1 > "+file+" && cat "+file); err != nil || out != "2\n" {
+		t.Fatalf("the new owner's -1: %v %q", err, out)
+	}
+	if out, err := as(65534, "echo +1 > "+file); err == nil {
+		t.Errorf("the former owner still writes: %q", out)
+	}
+	if got := owner(); got != "1:1 600" {
+		t.Errorf("after chown and use: %s, want 1:1 600", got)
+	}
+	if out, err := c.Clusterctl(n1, "save"); err != nil || !strings.Contains(out, "--control-owner nobody:nogroup") {
+		t.Errorf("save: %v\n%s", err, out)
+	}
+	if out, err := c.Clusterctl(n1, "new", "--vip", "192.0.2.101", "--interface", "eth0", "--hashmode", "sourceip", "--total-nodes", "2",
+		"--control-owner", "no-such-user"); err == nil || !strings.Contains(out, `no user "no-such-user"`) {
+		t.Errorf("new with an unknown owner: %v %q", err, out)
+	}
+	if st := status(t, c, n1); len(st) != 1 {
+		t.Errorf("the refused new left %d clusters", len(st))
+	}
 }

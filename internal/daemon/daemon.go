@@ -302,6 +302,13 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	if err := checkHost(s); err != nil {
 		return err
 	}
+	var uid, gid uint32
+	if s.ControlOwner != "" {
+		var err error
+		if uid, gid, err = resolveOwner(s.ControlOwner); err != nil {
+			return err
+		}
+	}
 	if err := d.useInterface(s.Interface, s.VIP.Is6()); err != nil {
 		return fmt.Errorf("--interface %s: %w", s.Interface, err)
 	}
@@ -321,7 +328,12 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 			dp.SetPolicy(datapath.Policy{Track: true})
 			c.startChecks()
 		}
-		if err = d.ctl.Add(s.VIP.String(), c); err == nil {
+		if err = d.ctl.Add(s.VIP.String(), c); err == nil && s.ControlOwner != "" {
+			if err = d.ctl.Chown(s.VIP.String(), uid, gid); err != nil {
+				d.ctl.Remove(s.VIP.String())
+			}
+		}
+		if err == nil {
 			d.kick()
 			d.clusters[s.VIP] = c
 			c.mu.Lock()

@@ -30,6 +30,10 @@ type Spec struct {
 	HashInit   uint32
 	HashCompat hash.Compat // whose hash: CLUSTERIP's (the default) or nftables'
 	MACMode    datapath.MACMode
+	// ControlOwner is USER[:GROUP] (names or numbers) the control file is
+	// given to, "" for root: strongSwan's ha plugin writes it as its own
+	// user.
+	ControlOwner string
 	Check      *health.Check // nil: no health check
 }
 
@@ -81,6 +85,7 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 	local := fs.IntSlice("local-node", nil, "node number this node answers for; repeat for several (none: a standby that answers nothing until +N)")
 	seed := fs.Uint32("hash-init", 0, "hash seed, the same on every node")
 	compat := fs.String("hash-compat", "", `whose hash: clusterip (the iptables CLUSTERIP target's; the default for IPv4) or nftables (that of "jhash ip saddr . th sport . th dport mod N seed S offset 1", to share a VIP with nftables nodes; the only one for IPv6)`)
+	owner := fs.String("control-owner", "", "give the cluster's control file to USER[:GROUP] (names or numbers; the group defaults to the user's), who may then read and write it as root does: for strongSwan's ha plugin")
 	check := fs.String("check", "", "health check of the local service: tcp:PORT (on the VIP), http:URL or exec:COMMAND; while it fails the node hands its numbers to the others (needs --peers on the daemon)")
 	interval := fs.Duration("check-interval", health.DefaultInterval, "time between health checks")
 	timeout := fs.Duration("check-timeout", 0, "time a check may take (0: the interval)")
@@ -132,6 +137,12 @@ func SpecFlags(fs *pflag.FlagSet) func() (Spec, error) {
 		case s.VIP.Is6():
 			s.HashCompat = hash.NFTables
 		}
+		if fs.Changed("control-owner") {
+			if *owner == "" {
+				return Spec{}, fmt.Errorf("--control-owner: empty; want USER[:GROUP]")
+			}
+			s.ControlOwner = *owner
+		}
 		if fs.Changed("check") {
 			c, err := health.Parse(*check)
 			if err != nil {
@@ -179,6 +190,8 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("--clustermac %s: with --mac-mode igmp the cluster MAC must map a group: 01:00:5e:7f:X:Y (239.255.X.Y) for IPv4, 33:33:... (ff15::...) for IPv6", s.ClusterMAC)
 	case s.TotalNodes < 1 || s.TotalNodes > nodeset.Max:
 		return fmt.Errorf("--total-nodes %d: out of range 1..%d", s.TotalNodes, nodeset.Max)
+	case s.ControlOwner != "" && !validOwner(s.ControlOwner):
+		return fmt.Errorf("--control-owner %q: want USER[:GROUP], names or numbers", s.ControlOwner)
 	}
 	for _, n := range s.LocalNodes.Nodes() {
 		if n > s.TotalNodes {
@@ -191,6 +204,16 @@ func (s Spec) Validate() error {
 		}
 	}
 	return s.HashConfig().Validate()
+}
+
+// validOwner accepts USER or USER:GROUP whose parts are non-empty and have
+// no white space, colon or control character: what a passwd name can be.
+func validOwner(o string) bool {
+	user, group, hasGroup := strings.Cut(o, ":")
+	ok := func(s string) bool {
+		return s != "" && len(s) <= 64 && !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == ':' || r == 0x7f })
+	}
+	return ok(user) && (!hasGroup || ok(group))
 }
 
 func igmpMACOK(s Spec) bool {
@@ -238,6 +261,9 @@ func (s Spec) Args() []string {
 	}
 	if s.MACMode != datapath.MACMulticast {
 		args = append(args, "--mac-mode", s.MACMode.String())
+	}
+	if s.ControlOwner != "" {
+		args = append(args, "--control-owner", s.ControlOwner)
 	}
 	if c := s.Check; c != nil {
 		args = append(args, "--check", c.String(), "--check-interval", c.Interval.String(),

@@ -93,6 +93,11 @@ func TestParseSpecErrors(t *testing.T) {
 		{"--clustermac broadcast", with("--clustermac", "ff:ff:ff:ff:ff:ff"), "--clustermac", "broadcast"},
 		{"--clustermac EUI-64", with("--clustermac", "01:00:5e:00:00:00:02:0a"), "--clustermac", "6-byte"},
 		{"--mac-mode unknown", with("--mac-mode", "broadcast"), "--mac-mode", "want multicast, unicast or igmp"},
+		{"--control-owner empty", with("--control-owner", ""), "--control-owner", "empty"},
+		{"--control-owner space", with("--control-owner", "a b"), "--control-owner", "USER[:GROUP]"},
+		{"--control-owner no user", with("--control-owner", ":vpn"), "--control-owner", "USER[:GROUP]"},
+		{"--control-owner no group", with("--control-owner", "charon:"), "--control-owner", "USER[:GROUP]"},
+		{"--control-owner two colons", with("--control-owner", "a:b:c"), "--control-owner", "USER[:GROUP]"},
 		{"--mac-mode empty", with("--mac-mode", ""), "--mac-mode", "want multicast, unicast or igmp"},
 		{"--mac-mode unicast, multicast MAC", append(with("--mac-mode", "unicast"), "--clustermac", "01:00:5e:00:02:0a"), "--clustermac", "must be unicast"},
 		{"--mac-mode unicast, zero MAC", append(with("--mac-mode", "unicast"), "--clustermac", "00:00:00:00:00:00"), "--clustermac", "zero"},
@@ -184,6 +189,8 @@ func TestParseSpec(t *testing.T) {
 		})},
 		{"hash-compat clusterip", with("--hash-compat", "clusterip"), spec(func(s *daemon.Spec) {})},
 		{"mac-mode multicast", with("--mac-mode", "multicast"), spec(func(s *daemon.Spec) {})},
+		{"control-owner user", with("--control-owner", "charon"), spec(func(s *daemon.Spec) { s.ControlOwner = "charon" })},
+		{"control-owner numbers", with("--control-owner", "998:997"), spec(func(s *daemon.Spec) { s.ControlOwner = "998:997" })},
 		{"mac-mode unicast: 02:bf and the VIP", with("--mac-mode", "unicast"), spec(func(s *daemon.Spec) {
 			s.MACMode, s.ClusterMAC = datapath.MACUnicast, net.HardwareAddr{0x02, 0xbf, 192, 0, 2, 10}
 		})},
@@ -252,7 +259,7 @@ func specs() []daemon.Spec {
 		{VIP: netip.MustParseAddr("2001:db8:1:2::100"), Interface: "eth0", Mode: hash.SourceIPSourcePortDestPort,
 			ClusterMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 1, 0}, TotalNodes: 5, LocalNodes: nodes(2), HashCompat: hash.NFTables},
 		{VIP: netip.MustParseAddr("192.0.2.11"), Interface: "eth0", Mode: hash.SourceIP, MACMode: datapath.MACUnicast,
-			ClusterMAC: net.HardwareAddr{0x02, 0xbf, 192, 0, 2, 11}, TotalNodes: 2},
+			ClusterMAC: net.HardwareAddr{0x02, 0xbf, 192, 0, 2, 11}, TotalNodes: 2, ControlOwner: "strongswan:vpn"},
 		{VIP: netip.MustParseAddr("2001:db8::7"), Interface: "eth0", Mode: hash.SourceIP, MACMode: datapath.MACIGMP,
 			ClusterMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 0, 7}, TotalNodes: 2, HashCompat: hash.NFTables},
 	}
