@@ -112,7 +112,7 @@ type clusterIPRule struct {
 // options (after -j CLUSTERIP) of one rule.
 func parseClusterIPRule(match, opts []string) (clusterIPRule, error) {
 	var r clusterIPRule
-	var left []string // matches the cluster cannot express
+	var left []string                 // matches the cluster cannot express
 	for i := 2; i < len(match); i++ { // past "-A CHAIN"
 		w := match[i]
 		val := func() (string, error) {

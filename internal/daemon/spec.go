@@ -34,7 +34,7 @@ type Spec struct {
 	// given to, "" for root: strongSwan's ha plugin writes it as its own
 	// user.
 	ControlOwner string
-	Check      *health.Check // nil: no health check
+	Check        *health.Check // nil: no health check
 }
 
 // DefaultClusterMAC is the cluster MAC used when --clustermac is left out:
