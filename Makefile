@@ -21,6 +21,9 @@ OCFDIR     ?= /usr/lib/ocf/resource.d/clusterip
 TEST_TOOLS := ip:iproute2 nsenter:util-linux unshare:util-linux setpriv:util-linux \
               ping:iputils-ping curl:curl bash:bash dpkg-deb:dpkg nft:nftables \
               ocf-tester:resource-agents xmllint:libxml2-utils
+# Files the tests use that are not commands on the PATH, and their packages.
+TEST_FILES := /usr/lib/ipsec/charon:strongswan-charon \
+              /usr/lib/ipsec/plugins/libstrongswan-ha.so:libcharon-extra-plugins
 
 .PHONY: all build labctl docs demo test deps unit e2e vet fmt fuzz clean bench-failover bench install uninstall deb
 
@@ -50,6 +53,9 @@ test: deps vet
 deps:
 	@missing=""; for t in $(TEST_TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	for t in $(TEST_FILES); do \
+	  [ -e $${t%%:*} ] || missing="$$missing $${t#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -94,6 +100,7 @@ install: build docs
 	install -D -m 0644 build/docs/completions/_clusterctl $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_clusterctl
 	install -D -m 0644 build/docs/completions/clusterctl.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/clusterctl.fish
 	install -D -m 0755 dist/ocf/ClusterIP $(DESTDIR)$(OCFDIR)/ClusterIP
+	install -D -m 0755 dist/strongswan/charon-clusterip $(DESTDIR)$(PREFIX)/lib/clusterip/charon-clusterip
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 dist/monitoring/grafana-dashboard.json $(DESTDIR)$(DOCDIR)/examples/grafana-dashboard.json
 	install -D -m 0644 dist/monitoring/alerts.yml $(DESTDIR)$(DOCDIR)/examples/alerts.yml
@@ -108,7 +115,7 @@ uninstall:
 	  $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_clusterctl \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/clusterctl.fish \
 	  $(DESTDIR)$(OCFDIR)/ClusterIP
-	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -rf $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PREFIX)/lib/clusterip
 
 # A Debian package of the same: build/clusterip_VERSION_ARCH.deb.
 deb:

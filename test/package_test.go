@@ -47,6 +47,7 @@ func TestDebianPackage(t *testing.T) {
 		"./usr/share/fish/vendor_completions.d/clusterctl.fish",
 		"./usr/share/doc/clusterip/README.md",
 		"./usr/lib/ocf/resource.d/clusterip/ClusterIP",
+		"./usr/lib/clusterip/charon-clusterip",
 		"./usr/share/doc/clusterip/copyright",
 		"./usr/share/doc/clusterip/examples/grafana-dashboard.json",
 		"./usr/share/doc/clusterip/examples/alerts.yml",
