@@ -305,6 +305,11 @@ case "$CLUSTERIP_AFTER" in 2,3) sleep 30 ;; esac
 		l := c.Log("daemon-n1") + c.Log("daemon-n2")
 		return strings.Contains(l, "notify: program killed after its timeout"), ""
 	})
+	// The resume hands 1 back from n2 to n1; until n2 has released it, n2
+	// still answers it.
+	eventually(t, 5*time.Second, "1 released to n1", func() (bool, string) {
+		return strings.Contains(c.Log("daemon-n2"), "released 1 to n1"), c.Log("daemon-n2")
+	})
 	c.probeOK("with a hanging notify program", 10)
 }
 
