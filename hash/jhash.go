@@ -1,7 +1,5 @@
 package hash
 
-import "math/bits"
-
 // jhashInitval is JHASH_INITVAL, the arbitrary constant every jhash variant
 // starts from.
 const jhashInitval = 0xdeadbeef
@@ -25,25 +23,7 @@ func Jhash3Words(a, b, c, initval uint32) uint32 {
 // place, statement for statement, so it can be checked against the kernel
 // by eye.
 func jhashNwords(a, b, c, initval uint32) uint32 {
-	a += initval
-	b += initval
-	c += initval
-
-	c ^= b
-	c -= bits.RotateLeft32(b, 14)
-	a ^= c
-	a -= bits.RotateLeft32(c, 11)
-	b ^= a
-	b -= bits.RotateLeft32(a, 25)
-	c ^= b
-	c -= bits.RotateLeft32(b, 16)
-	a ^= c
-	a -= bits.RotateLeft32(c, 4)
-	b ^= a
-	b -= bits.RotateLeft32(a, 14)
-	c ^= b
-	c -= bits.RotateLeft32(b, 24)
-
+	_, _, c = jhashFinal(a+initval, b+initval, c+initval)
 	return c
 }
 

@@ -26,22 +26,7 @@ func kernelProgram6(vip addr, mac []byte, cfg hash.Config, set nodeset.NodeSet, 
 	if set == 0 {
 		return asm.Instructions{asm.Mov.Imm(asm.R0, tcxNext), asm.Return()}
 	}
-	p := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R0, asm.R6, skbVLANPresent, asm.Word),
-		asm.JNE.Imm(asm.R0, 0, "next"),
-		asm.LoadMem(asm.R0, asm.R6, skbProtocol, asm.Word),
-		asm.JNE.Imm(asm.R0, le16([]byte{0x86, 0xdd}), "next"),
-		asm.Mov.Imm(asm.R7, 0),
-	}
-	p = append(p, skbLoadBytes(asm.R7, stack6MAC, 6)...)
-	p = append(p,
-		asm.LoadMem(asm.R0, asm.RFP, stack6MAC, asm.Word),
-		asm.JNE.Imm32(asm.R0, le32(mac[0:4]), "next"),
-		asm.LoadMem(asm.R0, asm.RFP, stack6MAC+4, asm.Half),
-		asm.JNE.Imm32(asm.R0, le16(mac[4:6]), "next"),
-		asm.Mov.Imm(asm.R7, ethHdrLen),
-	)
+	p := framePrologue(etherTypeIPv6, mac, stack6MAC)
 	p = append(p, skbLoadBytes(asm.R7, stack6IP, ipv6HdrLen)...)
 	for i := int16(0); i < 4; i++ {
 		p = append(p,

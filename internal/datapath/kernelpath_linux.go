@@ -174,25 +174,8 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	if set == 0 {
 		return asm.Instructions{asm.Mov.Imm(asm.R0, tcxNext), asm.Return()}
 	}
-	loadBytes := skbLoadBytes
-	p := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		// VLAN-tagged frames belong to the VLAN's interface.
-		asm.LoadMem(asm.R0, asm.R6, skbVLANPresent, asm.Word),
-		asm.JNE.Imm(asm.R0, 0, "next"),
-		asm.LoadMem(asm.R0, asm.R6, skbProtocol, asm.Word),
-		asm.JNE.Imm(asm.R0, le16([]byte{0x08, 0x00}), "next"),
-		asm.Mov.Imm(asm.R7, 0),
-	}
-	p = append(p, loadBytes(asm.R7, stackMAC, 6)...)
-	p = append(p,
-		asm.LoadMem(asm.R0, asm.RFP, stackMAC, asm.Word),
-		asm.JNE.Imm32(asm.R0, le32(mac[0:4]), "next"),
-		asm.LoadMem(asm.R0, asm.RFP, stackMAC+4, asm.Half),
-		asm.JNE.Imm32(asm.R0, le16(mac[4:6]), "next"),
-		asm.Mov.Imm(asm.R7, ethHdrLen),
-	)
-	p = append(p, loadBytes(asm.R7, stackIP, ipv4MinHdrLen)...)
+	p := framePrologue(etherTypeIPv4, mac, stackMAC)
+	p = append(p, skbLoadBytes(asm.R7, stackIP, ipv4MinHdrLen)...)
 	p = append(p,
 		asm.LoadMem(asm.R0, asm.RFP, stackIP+16, asm.Word), // daddr
 		asm.JNE.Imm32(asm.R0, le32(vip[:]), "next"),
@@ -227,7 +210,7 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	// PortsOffset into the L4 header; zeros for protocols without ports.
 	p = append(p, asm.StoreImm(asm.RFP, stackPorts, 0, asm.Word))
 	if words > 1 {
-		p = append(p, portsLoad(cfg, protos, loadBytes)...)
+		p = append(p, portsLoad(cfg, protos)...)
 	}
 	iv := int32(initval)
 	const a, b, c, t, u = asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
@@ -252,6 +235,30 @@ func kernelProgram(vip [4]byte, mac net.HardwareAddr, cfg hash.Config, set nodes
 	}
 	p = append(p, jhashFinalInsns(abc, t, u)...)
 	return append(p, takeSpans(cfg.TotalNodes, set, c, stackKey, counterFD)...)
+}
+
+// framePrologue starts a kernel path program: R6 the skb; frames with a
+// VLAN tag, of another EtherType or not sent to the cluster MAC mac (loaded
+// to the stack slot macSlot) go on untouched; R7 is left at the network
+// header's offset.
+func framePrologue(etherType uint16, mac net.HardwareAddr, macSlot int16) asm.Instructions {
+	p := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		// VLAN-tagged frames belong to the VLAN's interface.
+		asm.LoadMem(asm.R0, asm.R6, skbVLANPresent, asm.Word),
+		asm.JNE.Imm(asm.R0, 0, "next"),
+		asm.LoadMem(asm.R0, asm.R6, skbProtocol, asm.Word),
+		asm.JNE.Imm(asm.R0, le16([]byte{byte(etherType >> 8), byte(etherType)}), "next"),
+		asm.Mov.Imm(asm.R7, 0),
+	}
+	p = append(p, skbLoadBytes(asm.R7, macSlot, 6)...)
+	return append(p,
+		asm.LoadMem(asm.R0, asm.RFP, macSlot, asm.Word),
+		asm.JNE.Imm32(asm.R0, le32(mac[0:4]), "next"),
+		asm.LoadMem(asm.R0, asm.RFP, macSlot+4, asm.Half),
+		asm.JNE.Imm32(asm.R0, le16(mac[4:6]), "next"),
+		asm.Mov.Imm(asm.R7, ethHdrLen),
+	)
 }
 
 // jhashFinalInsns is __jhash_final(a, b, c) on the registers abc, with t
@@ -323,7 +330,7 @@ func skbLoadBytes(off asm.Register, slot int16, n int32) asm.Instructions {
 // portsLoad loads the four port bytes at cfg.PortsOffset(proto) past the
 // IP header (R7 bytes after the Ethernet header) into stackPorts. A packet
 // too short to hold them is left to user space, as the capture filter does.
-func portsLoad(cfg hash.Config, protos kernelProtos, loadBytes func(asm.Register, int16, int32) asm.Instructions) asm.Instructions {
+func portsLoad(cfg hash.Config, protos kernelProtos) asm.Instructions {
 	var p asm.Instructions
 	if cfg.Compat == hash.NFTables {
 		// Every protocol's first four bytes: one load.
@@ -331,7 +338,7 @@ func portsLoad(cfg hash.Config, protos kernelProtos, loadBytes func(asm.Register
 			asm.Mov.Reg(asm.R0, asm.R7),
 			asm.Add.Imm(asm.R0, ethHdrLen),
 		)
-		return append(p, loadBytes(asm.R0, stackPorts, 4)...)
+		return append(p, skbLoadBytes(asm.R0, stackPorts, 4)...)
 	}
 	for proto := 0; proto < 256; proto++ {
 		off := cfg.PortsOffset(uint8(proto))
@@ -344,7 +351,7 @@ func portsLoad(cfg hash.Config, protos kernelProtos, loadBytes func(asm.Register
 			asm.Mov.Reg(asm.R0, asm.R7),
 			asm.Add.Imm(asm.R0, int32(ethHdrLen+off)),
 		)
-		p = append(p, loadBytes(asm.R0, stackPorts, 4)...)
+		p = append(p, skbLoadBytes(asm.R0, stackPorts, 4)...)
 		p = append(p,
 			asm.Ja.Label("ports"),
 			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
