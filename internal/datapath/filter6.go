@@ -158,13 +158,7 @@ func subReg(x, y int) []bpf.Instruction {
 
 // addReg is x += y.
 func addReg(x, y int) []bpf.Instruction {
-	return []bpf.Instruction{
-		bpf.LoadScratch{Dst: bpf.RegA, N: y},
-		bpf.TAX{},
-		bpf.LoadScratch{Dst: bpf.RegA, N: x},
-		bpf.ALUOpX{Op: bpf.ALUOpAdd},
-		bpf.StoreScratch{Src: bpf.RegA, N: x},
-	}
+	return append([]bpf.Instruction{bpf.LoadScratch{Dst: bpf.RegA, N: y}}, addA(x)...)
 }
 
 // addA is x += A.
