@@ -288,14 +288,8 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	if _, ok := d.clusters[s.VIP]; ok {
 		return fmt.Errorf("--vip %s: cluster already exists (delete it first)", s.VIP)
 	}
-	if d.ms != nil {
-		vips := []netip.Addr{s.VIP}
-		for v := range d.clusters {
-			vips = append(vips, v)
-		}
-		if !membership.MetaFits(vips) {
-			return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers (fewer with IPv6 VIPs): their state must fit in gossip metadata", s.VIP, membership.MaxClusters)
-		}
+	if d.ms != nil && len(d.clusters) >= membership.MaxClusters {
+		return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers", s.VIP, membership.MaxClusters)
 	}
 	if s.Check != nil && d.ms == nil {
 		return fmt.Errorf("--check needs a daemon with --peers (automatic failover)")

@@ -3,6 +3,7 @@ package membership
 import (
 	"hash/fnv"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/clusterip/clusterip/nodeset"
@@ -10,23 +11,25 @@ import (
 
 // Member is one node as the local node sees it.
 type Member struct {
-	Name     string
-	Addr     string
-	State    string // alive, suspect (both still count as alive), dead, left
+	Name  string
+	Addr  string
+	State string // alive, suspect (both still count as alive), dead, left
+	// Clusters are sorted by VIP (Members returns them so), shared: not
+	// to be changed in place.
 	Clusters []ClusterState
 	// Pending is a member that has not said anything about its clusters
 	// yet: it just started. Until it does, nobody can know what it serves.
 	Pending bool
 }
 
-// Cluster returns the member's state for vip.
+// Cluster returns the member's state for vip: a binary search, since a
+// daemon looks up every cluster of every member on each round.
 func (m Member) Cluster(vip netip.Addr) (ClusterState, bool) {
-	for _, c := range m.Clusters {
-		if c.VIP == vip {
-			return c, true
-		}
+	i, ok := slices.BinarySearchFunc(m.Clusters, vip, func(c ClusterState, v netip.Addr) int { return c.VIP.Compare(v) })
+	if !ok {
+		return ClusterState{}, false
 	}
-	return ClusterState{}, false
+	return m.Clusters[i], true
 }
 
 // Live tells whether the member is up as far as the cluster is concerned.

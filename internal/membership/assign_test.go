@@ -630,15 +630,30 @@ func TestNumbers(t *testing.T) {
 
 func TestMemberClusterAndLive(t *testing.T) {
 	other := netip.MustParseAddr("192.0.2.20")
+	// Sorted by VIP, as Members gives them.
 	m := membership.Member{Name: "a", State: "alive", Clusters: []membership.ClusterState{
-		{VIP: other, Home: 1},
 		{VIP: testVIP, Home: 2},
+		{VIP: other, Home: 1},
 	}}
 	if c, ok := m.Cluster(testVIP); !ok || c.Home != 2 {
 		t.Errorf("Cluster(%v) = %+v, %v", testVIP, c, ok)
 	}
 	if c, ok := m.Cluster(netip.MustParseAddr("192.0.2.30")); ok {
 		t.Errorf("Cluster(absent) = %+v, true", c)
+	}
+	var many []membership.ClusterState
+	for i := range 1000 {
+		many = append(many, membership.ClusterState{VIP: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), Home: nodeset.NodeSet(i)})
+	}
+	many = append(many, membership.ClusterState{VIP: netip.MustParseAddr("2001:db8::1"), Home: 7})
+	m.Clusters = many
+	for _, i := range []int{0, 1, 499, 999, 1000} {
+		if c, ok := m.Cluster(many[i].VIP); !ok || c != many[i] {
+			t.Errorf("Cluster(%v) of 1001 = %+v, %v", many[i].VIP, c, ok)
+		}
+	}
+	if c, ok := m.Cluster(netip.MustParseAddr("10.0.4.0")); ok {
+		t.Errorf("Cluster(absent) of 1001 = %+v, true", c)
 	}
 	for state, want := range map[string]bool{"alive": true, "suspect": true, "dead": false, "left": false, "unknown": false, "": false} {
 		m.State = state

@@ -83,7 +83,9 @@ type Membership struct {
 	forgetDead time.Duration
 
 	mu        sync.Mutex
-	meta      []byte
+	own       own                  // what this node published
+	views     map[string]*view     // the cluster states of the others (see sync.go)
+	asked     map[string]bool      // members waiting for this node's full state
 	nodes     map[string]Member    // members seen, copied in memberlist's callbacks
 	deadSince map[string]time.Time // when each dead member was seen to go
 	lastAck   map[string]time.Time // last ack to this node's own probe of each member
@@ -94,6 +96,7 @@ type Membership struct {
 	changes   chan struct{}
 	msgs      chan []byte
 	publishCh chan struct{}
+	answerCh  chan struct{}
 	done      chan struct{}
 	joined    atomic.Bool
 	left      sync.Once
@@ -118,23 +121,20 @@ func Start(cfg Config) (*Membership, error) {
 		started:    time.Now(),
 		forgetDead: cfg.ForgetDeadAfter,
 		nodes:      map[string]Member{},
+		views:      map[string]*view{},
+		asked:      map[string]bool{},
 		deadSince:  map[string]time.Time{},
 		lastAck:    map[string]time.Time{},
 		warned:     map[string]time.Time{},
 		fatal:      make(chan error, 1),
 		changes:    make(chan struct{}, 1),
 		publishCh:  make(chan struct{}, 1),
+		answerCh:   make(chan struct{}, 1),
 		msgs:       make(chan []byte, 64),
 		done:       make(chan struct{}),
 	}
 	if m.forgetDead <= 0 {
 		m.forgetDead = DefaultForgetDeadAfter
-	}
-	var err error
-	// Unpublished metadata: the start time, so that a name conflict can be
-	// settled from the first message.
-	if m.meta, err = (Meta{Started: m.started}).Encode(); err != nil {
-		return nil, err
 	}
 	transport, err := newBoundedTransport(cfg.Bind.String(), cfg.Port, cfg.Log)
 	if err != nil {
@@ -168,6 +168,8 @@ func Start(cfg Config) (*Membership, error) {
 	m.ml = ml
 	go m.join(cfg.Peers, cfg.Port)
 	go m.publisher()
+	go m.answerer()
+	go m.syncer()
 	return m, nil
 }
 
@@ -234,17 +236,36 @@ func (m *Membership) notify() {
 	}
 }
 
-// Publish sets this node's cluster states; they are gossiped in the background.
+// Publish sets this node's cluster states, one per VIP; they are sent to
+// the others in the background. States it cannot send are refused whole.
 func (m *Membership) Publish(states []ClusterState) error {
-	meta, err := Meta{Started: m.started, Published: true, Clusters: states}.Encode()
-	if err != nil {
-		return err
+	if len(states) > MaxClusters {
+		return fmt.Errorf("membership: %d clusters, more than the %d one node may have with --peers", len(states), MaxClusters)
+	}
+	seen := make(map[netip.Addr]bool, len(states))
+	for _, st := range states {
+		if !st.VIP.IsValid() || st.VIP.Is4In6() || st.VIP.Zone() != "" {
+			return fmt.Errorf("membership: VIP %s is neither IPv4 nor IPv6", st.VIP)
+		}
+		if seen[st.VIP] {
+			return fmt.Errorf("membership: two states for VIP %s", st.VIP)
+		}
+		seen[st.VIP] = true
 	}
 	m.mu.Lock()
-	same := bytes.Equal(meta, m.meta)
-	m.meta = meta
+	first := !m.own.published
+	changed := m.own.update(states)
+	if len(changed) > 0 {
+		deltas, err := deltaMessages(m.name, m.started, m.own.version, changed)
+		if err != nil || len(m.own.pending)+len(deltas) > maxPending {
+			// The members will find their views behind the metadata
+			// and ask for the full state.
+			deltas, m.own.pending = nil, nil
+		}
+		m.own.pending = append(m.own.pending, deltas...)
+	}
 	m.mu.Unlock()
-	if !same {
+	if first || len(changed) > 0 {
 		select {
 		case m.publishCh <- struct{}{}:
 		default: // the publisher will read the newest metadata anyway
@@ -273,6 +294,9 @@ func (m *Membership) publisher() {
 			return
 		case <-m.publishCh:
 		}
+		// The states first, then the metadata that summarizes them, so
+		// that members rarely see metadata ahead of their views.
+		m.sendDeltas()
 		var err error
 		for range publishAttempts {
 			if err = m.ml.UpdateNode(publishWait); err == nil {
@@ -289,20 +313,14 @@ func (m *Membership) publisher() {
 // SendReliable sends a direct message to a member over a TCP stream: it
 // arrives whole or the call fails.
 func (m *Membership) SendReliable(name string, msg []byte) error {
-	m.mu.Lock()
-	n, ok := m.nodes[name]
-	m.mu.Unlock()
-	if !ok || !n.Live() {
-		return fmt.Errorf("membership: no live member %q", name)
-	}
-	// From this node's own copy of the member: memberlist's *Node values
-	// change under its lock while others read them.
-	addr, err := net.ResolveTCPAddr("tcp", n.Addr)
+	n, err := m.memberNode(name)
 	if err != nil {
-		return fmt.Errorf("membership: member %q: %w", name, err)
+		return err
 	}
-	return m.ml.SendReliable(&memberlist.Node{Name: name, Addr: addr.IP, Port: uint16(addr.Port)}, msg)
+	return m.ml.SendReliable(n, msg)
 }
+
+func errNoMember(name string) error { return fmt.Errorf("membership: no live member %q", name) }
 
 // Members returns every member known, this node included, live ones and
 // those seen dead or gone, sorted by name.
@@ -330,6 +348,19 @@ func (m *Membership) Members() []Member {
 	for _, n := range m.nodes {
 		if at, ok := m.lastAck[n.Name]; ok && n.State == "alive" && n.Name != m.name && now.Sub(at) > suspectAfter {
 			n.State = "suspect"
+		}
+		switch v := m.views[n.Name]; {
+		case !n.Live():
+		case n.Name == m.name:
+			n.Clusters, n.Pending = m.own.clusters, !m.own.published
+		case v == nil:
+			n.Pending = true
+		default:
+			// A member whose metadata this version cannot read (a newer
+			// daemon in a rolling upgrade, or garbage) holds readiness
+			// back like one that has not spoken yet: nobody can tell
+			// what it serves.
+			n.Clusters, n.Pending = v.clusters, v.badMeta || !v.meta.Published || !v.synced
 		}
 		out = append(out, n)
 	}
@@ -359,6 +390,7 @@ func (m *Membership) forgetLocked(now time.Time) {
 
 func (m *Membership) dropLocked(name string) {
 	delete(m.nodes, name)
+	delete(m.views, name)
 	delete(m.deadSince, name)
 	delete(m.lastAck, name)
 }
@@ -390,20 +422,31 @@ func (m *Membership) NameConflict() (Conflict, bool) {
 // other node sends).
 const conflictShown = time.Minute
 
-// member copies what the daemon needs of a node. memberlist v0.7 does not
-// fill Node.State (its own state field shadows it), so the state comes from
-// which callback saw the node.
-func (m *Membership) member(n *memberlist.Node, state string) Member {
+// member copies what the daemon needs of a node, its metadata into its
+// view. memberlist v0.7 does not fill Node.State (its own state field
+// shadows it), so the state comes from which callback saw the node.
+// Callers hold m.mu.
+func (m *Membership) memberLocked(n *memberlist.Node, state string) Member {
 	mem := Member{Name: n.Name, Addr: n.Address(), State: state}
+	if n.Name == m.name {
+		return mem
+	}
 	meta, err := DecodeMeta(n.Meta)
 	if err != nil {
-		// Metadata this version cannot read (a newer daemon in a rolling
-		// upgrade, or garbage): nobody can tell what that member serves, so
-		// it holds readiness back like a member that has not spoken yet.
 		m.log.Warn("member metadata", "member", n.Name, "err", err)
+		v := m.views[n.Name]
+		if v == nil {
+			v = newView(0)
+			m.views[n.Name] = v
+		}
+		v.badMeta = true
+		return mem
 	}
-	mem.Pending = err != nil || !meta.Published
-	mem.Clusters = meta.Clusters
+	v := m.viewLocked(n.Name, meta.Started.UnixNano())
+	if v.started == meta.Started.UnixNano() {
+		v.meta, v.hasMeta, v.badMeta = meta, true, false
+		v.check(time.Now())
+	}
 	return mem
 }
 
@@ -423,22 +466,51 @@ func (m *Membership) Leave() error {
 
 type delegate Membership
 
+// NodeMeta is the summary of the published state; before the first
+// Publish, just the start time, so that a name conflict can be settled from
+// the first message.
 func (d *delegate) NodeMeta(limit int) []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]byte(nil), d.meta...)
+	return d.own.meta(d.started).Encode()
 }
 
+// NotifyMsg takes the membership's own messages and passes the daemon's on.
 func (d *delegate) NotifyMsg(b []byte) {
-	select {
-	case d.msgs <- append([]byte(nil), b...):
+	m := (*Membership)(d)
+	if len(b) == 0 {
+		return
+	}
+	switch b[0] {
+	case kindDelta, kindFull:
+		m.receiveState(b)
+	case kindRequest:
+		m.receiveRequest(b)
 	default:
+		select {
+		case d.msgs <- append([]byte(nil), b...):
+		default:
+		}
 	}
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d *delegate) LocalState(join bool) []byte                { return nil }
-func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// LocalState gives memberlist's push/pull this node's full state.
+func (d *delegate) LocalState(join bool) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.own.published {
+		return nil
+	}
+	return d.own.fullMessage(d.name, d.started)
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	if len(buf) > 0 {
+		(*Membership)(d).receiveState(buf)
+	}
+}
 
 type events Membership
 
@@ -477,10 +549,9 @@ func (e *events) NotifyUpdate(n *memberlist.Node) { e.record(n, "alive") }
 // the node is consistent here and only here) and signals a change.
 func (e *events) record(n *memberlist.Node, state string) Member {
 	m := (*Membership)(e)
-	mem := m.member(n, state)
 	e.mu.Lock()
+	mem := m.memberLocked(n, state)
 	if state == "dead" {
-		mem.Clusters, mem.Pending = nil, false
 		e.deadSince[n.Name] = time.Now()
 	} else {
 		delete(e.deadSince, n.Name)

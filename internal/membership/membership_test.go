@@ -384,3 +384,73 @@ func TestMembershipGoneState(t *testing.T) {
 		return nil
 	})
 }
+
+// TestMembershipManyClusters: a thousand clusters a node, far past the 11
+// that memberlist's metadata holds, reach every member: a node that joined
+// after the states went out gets them by asking, and a change to one
+// cluster spreads as a delta.
+func TestMembershipManyClusters(t *testing.T) {
+	tc := newTestCluster(t)
+	key := newKey(t)
+	const n = 1000
+	states := func(home int, draining int) []membership.ClusterState {
+		out := make([]membership.ClusterState, n)
+		for i := range out {
+			out[i] = membership.ClusterState{VIP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Home: set(t, home), Serving: set(t, home)}
+			if i%250 == 0 {
+				out[i].VIP = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)})
+			}
+			out[i].Draining = i == draining
+		}
+		return out
+	}
+	published := map[string][]membership.ClusterState{}
+	publish := func(m *membership.Membership, st []membership.ClusterState) {
+		t.Helper()
+		if err := m.Publish(st); err != nil {
+			t.Fatalf("Publish(%s): %v", m.Name(), err)
+		}
+		published[m.Name()] = st
+	}
+	check := func(ms ...*membership.Membership) func() error {
+		return func() error {
+			for _, m := range ms {
+				members := m.Members()
+				if len(members) != len(published) {
+					return fmt.Errorf("%s sees %d members", m.Name(), len(members))
+				}
+				for _, mem := range members {
+					if mem.Pending {
+						return fmt.Errorf("%s sees %s pending", m.Name(), mem.Name)
+					}
+					want := slices.Clone(published[mem.Name])
+					slices.SortFunc(want, func(a, b membership.ClusterState) int { return a.VIP.Compare(b.VIP) })
+					if !slices.Equal(mem.Clusters, want) {
+						return fmt.Errorf("%s sees %s with %d clusters, not the %d published", m.Name(), mem.Name, len(mem.Clusters), len(want))
+					}
+					for _, st := range want[:5] {
+						if got, ok := mem.Cluster(st.VIP); !ok || got != st {
+							return fmt.Errorf("%s: Cluster(%s) of %s = %+v, %v", m.Name(), st.VIP, mem.Name, got, ok)
+						}
+					}
+				}
+			}
+			return nil
+		}
+	}
+	a := tc.start("node-a", key)
+	publish(a, states(1, -1))
+	b := tc.start("node-b", key, addr(t, a))
+	publish(b, states(2, -1))
+	eventually(t, 15*time.Second, "a and b did not converge", check(a, b))
+	// node-c joins through b: a's states went out before it was there.
+	start := time.Now()
+	c := tc.start("node-c", key, addr(t, b))
+	publish(c, states(3, -1))
+	eventually(t, 15*time.Second, "node-c did not converge", check(a, b, c))
+	t.Logf("node-c converged with 2 × %d clusters in %s", n, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	publish(a, states(1, 500))
+	eventually(t, 5*time.Second, "a drained cluster did not spread", check(a, b, c))
+	t.Logf("one changed cluster of %d spread in %s", n, time.Since(start).Round(time.Millisecond))
+}

@@ -2,7 +2,6 @@ package membership_test
 
 import (
 	"bytes"
-	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -12,27 +11,6 @@ import (
 	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/nodeset"
 )
-
-// metaLen is the wire size of metadata with these clusters.
-func metaLen(states []membership.ClusterState) int {
-	n := headerLen
-	for _, s := range states {
-		n += stateLen
-		if s.VIP.Is6() {
-			n += 12
-		}
-	}
-	return n
-}
-
-// stateLen is the wire size of one IPv4 ClusterState: 4 bytes of VIP, five
-// 64-bit sets and a flags byte. The format is part of the gossip protocol,
-// so the test pins it rather than reading it from the package.
-const stateLen = 4 + 5*8 + 1
-
-// headerLen is the metadata's header: a version byte, the node's start time
-// and a flags byte.
-const headerLen = 1 + 8 + 1
 
 func set(t testing.TB, nodes ...int) nodeset.NodeSet {
 	t.Helper()
@@ -59,368 +37,307 @@ func TestClusterStateAvailable(t *testing.T) {
 	}
 }
 
-func TestMaxClusters(t *testing.T) {
-	// memberlist carries at most 512 bytes of metadata; one version byte,
-	// then whole clusters.
-	if want := (512 - headerLen) / stateLen; membership.MaxClusters != want {
-		t.Fatalf("MaxClusters = %d, want %d", membership.MaxClusters, want)
-	}
-	if n := headerLen + membership.MaxClusters*stateLen; n > 512 {
-		t.Fatalf("MaxClusters clusters take %d bytes, more than memberlist's 512", n)
-	}
-	// An IPv6 cluster takes 12 bytes more: MetaFits counts them.
-	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
-	var vips []netip.Addr
-	for i := range membership.MaxClusters {
-		vips = append(vips, v4(i))
-	}
-	if !membership.MetaFits(vips) || membership.MetaFits(append(vips, v4(99))) {
-		t.Fatal("MetaFits disagrees with MaxClusters")
-	}
-	six := []netip.Addr{}
-	for i := 0; headerLen+(i+1)*(stateLen+12) <= 512; i++ {
-		six = append(six, netip.AddrFrom16([16]byte{0x20, 1, 15: byte(i)}))
-	}
-	if !membership.MetaFits(six) || membership.MetaFits(append(six, v4(1))) && headerLen+len(six)*(stateLen+12)+stateLen > 512 {
-		t.Fatalf("MetaFits is wrong about %d IPv6 clusters", len(six))
-	}
-}
-
-// testStart is a node's start time in the metadata these tests make.
+// testStart is a node's start time in the messages these tests make.
 var testStart = time.Unix(0, 0x0102030405060708)
 
-// encode is the metadata of a started node that published states.
-func encode(states []membership.ClusterState) ([]byte, error) {
-	return membership.Meta{Started: testStart, Published: true, Clusters: states}.Encode()
-}
+// metaLen is the metadata's wire size: a version byte, the start time, a
+// flags byte, the generation, the count and the digest. It is part of the
+// gossip protocol, so the test pins it rather than reading it from the
+// package; whatever the number of clusters, it stays far below memberlist's
+// 512 bytes.
+const metaLen = 1 + 8 + 1 + 8 + 4 + 8
 
-// decode returns the cluster states of metadata, checking its header.
-func decode(b []byte) ([]membership.ClusterState, error) {
-	m, err := membership.DecodeMeta(b)
-	if err == nil && len(b) > 0 && (!m.Published || !m.Started.Equal(testStart)) {
-		return nil, fmt.Errorf("header: %+v", m)
+func TestMetaLayout(t *testing.T) {
+	b := membership.Meta{Started: testStart, Published: true, Gen: 0x1122, Count: 7, Digest: 0xa1a2a3a4a5a6a7a8}.Encode()
+	want := []byte{
+		5,                      // version
+		1, 2, 3, 4, 5, 6, 7, 8, // start time, Unix nanoseconds
+		1,                            // published
+		0, 0, 0, 0, 0, 0, 0x11, 0x22, // generation
+		0, 0, 0, 7, // count
+		0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, // digest
 	}
-	return m.Clusters, err
+	if !bytes.Equal(b, want) {
+		t.Fatalf("Encode =\n%v\nwant\n%v", b, want)
+	}
+	m, err := membership.DecodeMeta(b)
+	if err != nil || !m.Started.Equal(testStart) || !m.Published || m.Gen != 0x1122 || m.Count != 7 || m.Digest != 0xa1a2a3a4a5a6a7a8 {
+		t.Fatalf("DecodeMeta = %+v, %v", m, err)
+	}
 }
 
-func TestEncodeDecodeMetaRoundTrip(t *testing.T) {
-	all := nodeset.NodeSet(^uint64(0))
-	full := make([]membership.ClusterState, membership.MaxClusters)
-	for i := range full {
-		full[i] = membership.ClusterState{
-			VIP:       netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}),
-			Home:      set(t, i%64+1),
-			Serving:   set(t, i%64+1, (i+7)%64+1),
-			Leaving:   set(t, (i+7)%64+1),
-			Kept:      set(t, (i+3)%64+1),
-			Excluded:  set(t, (i+5)%64+1),
-			Draining:  i%2 == 0,
-			Unhealthy: i%3 == 0,
+func TestDecodeMeta(t *testing.T) {
+	// A node that has not published yet: no metadata at all, or a header
+	// without the published flag.
+	for _, b := range [][]byte{nil, {}} {
+		if m, err := membership.DecodeMeta(b); err != nil || m.Published {
+			t.Errorf("DecodeMeta(%v) = %+v, %v; want nothing", b, m, err)
 		}
 	}
-	tests := []struct {
-		name   string
-		states []membership.ClusterState
-	}{
-		{name: "no clusters", states: []membership.ClusterState{}},
-		{name: "zero state", states: []membership.ClusterState{{VIP: netip.IPv4Unspecified()}}},
-		{name: "one cluster", states: []membership.ClusterState{{
-			VIP:     netip.MustParseAddr("192.0.2.10"),
-			Home:    set(t, 1, 2),
-			Serving: set(t, 1, 2, 5),
-			Leaving: set(t, 5),
-		}}},
-		{name: "every set full and both flags", states: []membership.ClusterState{{
-			VIP:       netip.MustParseAddr("255.255.255.255"),
-			Home:      all,
-			Serving:   all,
-			Leaving:   all,
-			Kept:      all,
-			Excluded:  all,
-			Draining:  true,
-			Unhealthy: true,
-		}}},
-		{name: "draining only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Draining: true}}},
-		{name: "unhealthy only", states: []membership.ClusterState{{VIP: netip.MustParseAddr("10.1.1.1"), Unhealthy: true}}},
-		{name: "not flooded", states: []membership.ClusterState{{VIP: netip.MustParseAddr("2001:db8::1"), NotFlooded: true, Draining: true}}},
-		{name: "distinct sets", states: []membership.ClusterState{{
-			VIP:      netip.MustParseAddr("10.9.8.7"),
-			Home:     set(t, 1),
-			Serving:  set(t, 2),
-			Leaving:  set(t, 3),
-			Kept:     set(t, 4),
-			Excluded: set(t, 64),
-		}}},
-		{name: "two clusters keep their order", states: []membership.ClusterState{
-			{VIP: netip.MustParseAddr("10.0.0.2"), Home: set(t, 3)},
-			{VIP: netip.MustParseAddr("10.0.0.1"), Home: set(t, 4), Unhealthy: true},
-		}},
-		{name: "MaxClusters", states: full},
-		{name: "IPv6 and IPv4", states: []membership.ClusterState{
-			{VIP: netip.MustParseAddr("2001:db8::1"), Home: set(t, 1), Serving: set(t, 1, 2), Draining: true},
-			{VIP: netip.MustParseAddr("10.0.0.1"), Home: set(t, 3)},
-			{VIP: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), Excluded: all, Unhealthy: true},
-		}},
+	good := membership.Meta{Started: testStart}.Encode()
+	if m, err := membership.DecodeMeta(good); err != nil || m.Published || !m.Started.Equal(testStart) {
+		t.Errorf("DecodeMeta(unpublished) = %+v, %v", m, err)
 	}
-	for _, tc := range tests {
+	with := func(i int, v byte) []byte {
+		b := bytes.Clone(good)
+		b[i] = v
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"version 4 (11 clusters in the metadata)", with(0, 4), "version 4"},
+		{"version 0", with(0, 0), "version 0"},
+		{"version 255", with(0, 255), "version 255"},
+		{"a byte short", good[:metaLen-1], "bytes"},
+		{"a byte long", append(bytes.Clone(good), 0), "bytes"},
+		{"unknown flag", with(9, 2), "flags"},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := encode(tc.states)
-			if err != nil {
-				t.Fatalf("EncodeMeta: %v", err)
-			}
-			if want := metaLen(tc.states); len(b) != want {
-				t.Fatalf("EncodeMeta gave %d bytes, want %d", len(b), want)
-			}
-			if len(b) > 512 {
-				t.Fatalf("EncodeMeta gave %d bytes, more than memberlist's 512", len(b))
-			}
-			if b[0] != 4 {
-				t.Fatalf("version byte %d, want 4", b[0])
-			}
-			got, err := decode(b)
-			if err != nil {
-				t.Fatalf("DecodeMeta: %v", err)
-			}
-			if len(got) != len(tc.states) {
-				t.Fatalf("DecodeMeta gave %d clusters, want %d", len(got), len(tc.states))
-			}
-			for i := range got {
-				if got[i] != tc.states[i] {
-					t.Errorf("cluster %d: got %+v, want %+v", i, got[i], tc.states[i])
-				}
+			m, err := membership.DecodeMeta(tc.b)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("DecodeMeta = %+v, %v; want an error with %q", m, err, tc.want)
 			}
 		})
 	}
 }
 
-func TestEncodeMetaLayout(t *testing.T) {
-	b, err := encode([]membership.ClusterState{{
-		VIP:       netip.MustParseAddr("192.0.2.1"),
-		Home:      set(t, 1),  // 0x...01
-		Serving:   set(t, 64), // 0x80...
-		Leaving:   set(t, 9),  // 0x...0100
-		Kept:      0,
-		Excluded:  set(t, 2),
-		Draining:  true,
-		Unhealthy: true,
-	}})
+// manyStates is n clusters with varied states, IPv4 and IPv6.
+func manyStates(t testing.TB, n int) []membership.Entry {
+	all := nodeset.NodeSet(^uint64(0))
+	out := make([]membership.Entry, n)
+	for i := range out {
+		vip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		if i%5 == 4 {
+			vip = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+		}
+		st := membership.ClusterState{
+			VIP:        vip,
+			Home:       set(t, i%64+1),
+			Serving:    set(t, i%64+1, (i+7)%64+1),
+			Leaving:    set(t, (i+7)%64+1),
+			Kept:       set(t, (i+3)%64+1),
+			Excluded:   set(t, (i+5)%64+1),
+			Draining:   i%2 == 0,
+			Unhealthy:  i%3 == 0,
+			NotFlooded: i%7 == 0,
+		}
+		if i%11 == 0 {
+			st.Home, st.Serving, st.Kept = all, all, all
+		}
+		out[i] = membership.Entry{Version: uint64(i + 1), State: st}
+	}
+	return out
+}
+
+func TestStateMessageRoundTrip(t *testing.T) {
+	many := manyStates(t, membership.MaxClusters)
+	gone := membership.Entry{Version: 9, Gone: true, State: membership.ClusterState{VIP: netip.MustParseAddr("2001:db8::9")}}
+	for _, tc := range []struct {
+		name string
+		msg  membership.StateMessage
+	}{
+		{"empty full", membership.StateMessage{Full: true, Node: "n1", Started: testStart, Entries: []membership.Entry{}}},
+		{"one delta", membership.StateMessage{Node: "node-a", Started: testStart, Gen: 3, Entries: many[2:3]}},
+		{"a gone cluster", membership.StateMessage{Node: "node-a", Started: testStart, Gen: 9, Entries: []membership.Entry{gone}}},
+		{"MaxClusters, full", membership.StateMessage{Full: true, Node: strings.Repeat("x", 255), Started: testStart, Gen: uint64(len(many)), Entries: many}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := tc.msg.Encode()
+			if err != nil {
+				t.Fatalf("Encode: %v", err)
+			}
+			got, err := membership.DecodeStateMessage(b)
+			if err != nil {
+				t.Fatalf("DecodeStateMessage: %v", err)
+			}
+			if !got.Started.Equal(tc.msg.Started) {
+				t.Fatalf("Started %v, want %v", got.Started, tc.msg.Started)
+			}
+			got.Started = tc.msg.Started
+			if !reflect.DeepEqual(got, tc.msg) {
+				t.Fatalf("round trip changed the message:\n%+v\nwant\n%+v", got, tc.msg)
+			}
+			if tc.msg.Full && len(b) > 1<<20 {
+				t.Errorf("a full state of %d clusters takes %d bytes, more than a stream may carry", len(tc.msg.Entries), len(b))
+			}
+		})
+	}
+	// Compact: a thousand IPv4 clusters with typical sets (a number or
+	// two each) take about 16 KB.
+	var typical []membership.Entry
+	for i := range 1000 {
+		typical = append(typical, membership.Entry{Version: uint64(i + 1), State: membership.ClusterState{
+			VIP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Home: set(t, i%3+1), Serving: set(t, i%3+1)}})
+	}
+	b, err := membership.StateMessage{Full: true, Node: "node-a", Started: testStart, Gen: 1000, Entries: typical}.Encode()
+	if err != nil || len(b) > 16*1024 {
+		t.Errorf("1000 typical clusters: %d bytes, %v; want at most 16 KiB", len(b), err)
+	}
+}
+
+func TestStateMessageLayout(t *testing.T) {
+	b, err := membership.StateMessage{Node: "ab", Started: testStart, Gen: 300, Entries: []membership.Entry{
+		{Version: 300, State: membership.ClusterState{
+			VIP:       netip.MustParseAddr("192.0.2.1"),
+			Home:      set(t, 1),  // 1
+			Serving:   set(t, 64), // 1<<63: ten bytes
+			Leaving:   set(t, 9),  // 0x100: two bytes
+			Excluded:  set(t, 2),
+			Draining:  true,
+			Unhealthy: true,
+		}},
+		{Version: 5, Gone: true, State: membership.ClusterState{VIP: netip.MustParseAddr("192.0.2.2")}},
+	}}.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []byte{
-		4,                      // version
-		1, 2, 3, 4, 5, 6, 7, 8, // start time, Unix nanoseconds
-		1,            // published
-		3,            // Draining | Unhealthy, not IPv6
+		'S', 1, // a delta, version 1
+		2, 'a', 'b', // the node's name
+		1, 2, 3, 4, 5, 6, 7, 8, // start time
+		0xac, 0x02, // generation 300, uvarint
+		2,          // clusters
+		0xac, 0x02, // version 300
+		3,            // Draining | Unhealthy
 		192, 0, 2, 1, // VIP
-		0, 0, 0, 0, 0, 0, 0, 1, // Home, big endian
-		0x80, 0, 0, 0, 0, 0, 0, 0, // Serving
-		0, 0, 0, 0, 0, 0, 1, 0, // Leaving
-		0, 0, 0, 0, 0, 0, 0, 0, // Kept
-		0, 0, 0, 0, 0, 0, 0, 2, // Excluded
+		1,                                                          // Home
+		0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, // Serving
+		0x80, 0x02, // Leaving
+		0,            // Kept
+		2,            // Excluded
+		5,            // version 5
+		0x10,         // gone
+		192, 0, 2, 2, // VIP, and no sets
 	}
 	if !bytes.Equal(b, want) {
-		t.Fatalf("EncodeMeta =\n%v\nwant\n%v", b, want)
+		t.Fatalf("Encode =\n%v\nwant\n%v", b, want)
 	}
 }
 
-func TestDecodeMetaEmpty(t *testing.T) {
-	// A node that has not published yet has no metadata at all.
-	for _, b := range [][]byte{nil, {}} {
-		got, err := decode(b)
-		if err != nil || got != nil {
-			t.Errorf("DecodeMeta(%v) = %v, %v; want nil, nil", b, got, err)
-		}
-	}
-	// A header alone is a node that serves no cluster; unpublished, it is
-	// one that has not said so yet.
-	hdr := []byte{4, 0, 0, 0, 0, 0, 0, 0, 9, 0}
-	m, err := membership.DecodeMeta(hdr)
-	if err != nil || len(m.Clusters) != 0 || m.Published || m.Started.UnixNano() != 9 {
-		t.Errorf("DecodeMeta(%v) = %+v, %v; want an unpublished node started at 9ns", hdr, m, err)
-	}
-	hdr[9] = 1
-	if m, err := membership.DecodeMeta(hdr); err != nil || !m.Published {
-		t.Errorf("DecodeMeta(%v) = %+v, %v; want published", hdr, m, err)
-	}
-	hdr[9] = 2
-	if m, err := membership.DecodeMeta(hdr); err == nil {
-		t.Errorf("DecodeMeta with an unknown header flag = %+v, want an error", m)
-	}
-}
-
-func TestEncodeMetaTooManyClusters(t *testing.T) {
-	states := make([]membership.ClusterState, membership.MaxClusters+1)
-	for i := range states {
-		states[i].VIP = netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
-	}
-	b, err := encode(states)
-	if err == nil {
-		t.Fatalf("EncodeMeta(%d clusters) = %d bytes, want an error", len(states), len(b))
-	}
-	if b != nil {
-		t.Errorf("EncodeMeta returned %d bytes with its error", len(b))
-	}
-	if !strings.Contains(err.Error(), "clusters") {
-		t.Errorf("error %q does not say what is wrong", err)
-	}
-	if _, err := encode(states[:membership.MaxClusters]); err != nil {
-		t.Errorf("EncodeMeta(MaxClusters): %v", err)
-	}
-}
-
-func TestEncodeMetaBadVIP(t *testing.T) {
-	for _, vip := range []netip.Addr{
-		{},                                     // the zero Addr
-		netip.MustParseAddr("::ffff:10.0.0.1"), // IPv4-mapped: which family?
-	} {
-		states := []membership.ClusterState{
-			{VIP: netip.MustParseAddr("10.0.0.1")},
-			{VIP: vip},
-		}
-		b, err := encode(states)
-		if err == nil {
-			t.Errorf("EncodeMeta with VIP %v = %v, want an error", vip, b)
-			continue
-		}
-		if b != nil {
-			t.Errorf("EncodeMeta with VIP %v returned bytes with its error", vip)
-		}
-		if !strings.Contains(err.Error(), "neither IPv4 nor IPv6") {
-			t.Errorf("EncodeMeta with VIP %v: error %q does not say what is wrong", vip, err)
-		}
-	}
-}
-
-func TestDecodeMetaErrors(t *testing.T) {
-	good, err := encode([]membership.ClusterState{
-		{VIP: netip.MustParseAddr("10.0.0.1"), Home: 1},
-		{VIP: netip.MustParseAddr("10.0.0.2"), Home: 2},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	withVersion := func(v byte) []byte {
-		b := bytes.Clone(good)
-		b[0] = v
-		return b
-	}
-	tests := []struct {
+func TestStateMessageRefused(t *testing.T) {
+	ok := membership.StateMessage{Node: "n1", Started: testStart, Gen: 1, Entries: []membership.Entry{{Version: 1, State: membership.ClusterState{VIP: netip.MustParseAddr("10.0.0.1")}}}}
+	for _, tc := range []struct {
 		name string
-		b    []byte
-		want string // part of the error
+		edit func(*membership.StateMessage)
+		want string
 	}{
-		{"version 0", withVersion(0), "version 0"},
-		{"version 1", withVersion(1), "version 1"},
-		{"version 255", withVersion(255), "version 255"},
-		{"version 2", withVersion(2), "version 2"},
-		{"version 3", withVersion(3), "version 3"},
-		{"version 4 alone", []byte{4}, "shorter than its header"},
-		{"header cut", good[:headerLen-1], "shorter than its header"},
-		{"one byte short", good[:len(good)-1], "whole number"},
-		{"one byte long", append(bytes.Clone(good), 0), "whole number"},
-		{"header and a partial cluster", good[:headerLen+1], "whole number"},
-		{"cluster without its last byte", good[:headerLen+stateLen-1], "whole number"},
-	}
-	for _, tc := range tests {
+		{"no name", func(s *membership.StateMessage) { s.Node = "" }, "name"},
+		{"long name", func(s *membership.StateMessage) { s.Node = strings.Repeat("n", 256) }, "name"},
+		{"zero VIP", func(s *membership.StateMessage) { s.Entries[0].State.VIP = netip.Addr{} }, "neither IPv4 nor IPv6"},
+		{"mapped VIP", func(s *membership.StateMessage) { s.Entries[0].State.VIP = netip.MustParseAddr("::ffff:10.0.0.1") }, "neither IPv4 nor IPv6"},
+		{"gone in a full state", func(s *membership.StateMessage) { s.Full, s.Entries[0].Gone = true, true }, "gone"},
+		{"too many", func(s *membership.StateMessage) { s.Entries = manyStates(t, membership.MaxClusters+1) }, "clusters"},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := decode(tc.b)
-			if err == nil {
-				t.Fatalf("DecodeMeta = %+v, want an error", got)
-			}
-			if got != nil {
-				t.Errorf("DecodeMeta returned %+v with its error", got)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q does not contain %q", err, tc.want)
+			s := ok
+			s.Entries = append([]membership.Entry(nil), ok.Entries...)
+			tc.edit(&s)
+			b, err := s.Encode()
+			if err == nil || b != nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Encode = %d bytes, %v; want an error with %q", len(b), err, tc.want)
 			}
 		})
 	}
 }
 
-// TestDecodeMetaUnknownFlags: DecodeMeta promises that anything malformed
-// is an error, and the version byte exists so that format changes are
-// detected. A version-1 flags byte with bits other than draining and
-// unhealthy set is not something any version-1 encoder writes; DecodeMeta
-// silently drops those bits instead, so different metadata decodes to the
-// same state and re-encodes to different bytes.
-func TestDecodeMetaUnknownFlags(t *testing.T) {
-	b, err := encode([]membership.ClusterState{{VIP: netip.MustParseAddr("10.0.0.1")}})
+func TestDecodeStateMessageErrors(t *testing.T) {
+	good, err := membership.StateMessage{Full: true, Node: "n1", Started: testStart, Gen: 4, Entries: []membership.Entry{
+		{Version: 3, State: membership.ClusterState{VIP: netip.MustParseAddr("10.0.0.1"), Home: 1}},
+		{Version: 4, State: membership.ClusterState{VIP: netip.MustParseAddr("10.0.0.2"), Home: 2}},
+	}}.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for bit := 4; bit < 8; bit++ {
-		bad := bytes.Clone(b)
-		bad[headerLen] |= 1 << bit
-		if got, err := decode(bad); err == nil {
-			t.Errorf("DecodeMeta with unknown flag bit %d = %+v, want an error", bit, got)
-		}
+	with := func(i int, v byte) []byte {
+		b := bytes.Clone(good)
+		b[i] = v
+		return b
+	}
+	hdr := 3 + 2 + 8 // kind, version, name length, name, start time
+	twice := bytes.Clone(good[:hdr+2])
+	twice = append(twice, good[hdr+2:hdr+2+1+1+4+5]...)
+	twice = append(twice, good[hdr+2:hdr+2+1+1+4+5]...)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"empty", nil, "shorter"},
+		{"another kind", with(0, 'R'), "not a state"},
+		{"version 2", with(1, 2), "version 2"},
+		{"no name", with(2, 0), "shorter"},
+		{"cut in the header", good[:hdr-1], "shorter"},
+		{"cut after the header", good[:hdr], "generation"},
+		{"cut in a cluster", good[:len(good)-1], "cut"},
+		{"a byte long", append(bytes.Clone(good), 0), "after the last cluster"},
+		{"count past the bytes", with(hdr+1, 100), "claims 100"},
+		{"unknown flag", with(hdr+3, 0x20), "flags"},
+		{"a version past the generation", with(hdr+2, 9), "past"},
+		{"listed twice", twice, "twice"},
+		{"gone in a full state", with(hdr+3, 0x10), "gone"},
+		{"a long uvarint", append(append(bytes.Clone(good[:hdr]), 0x84, 0x00), good[hdr+1:]...), "shortest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := membership.DecodeStateMessage(tc.b)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("DecodeStateMessage = %+v, %v; want an error with %q", s, err, tc.want)
+			}
+			if s.Entries != nil || s.Node != "" {
+				t.Errorf("DecodeStateMessage returned %+v with its error", s)
+			}
+		})
 	}
 }
 
 func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte{})
-	f.Add([]byte{1})
-	f.Add([]byte{0})
-	f.Add([]byte{4, 1, 2, 3})
-	f.Add([]byte{4, 0, 0, 0, 0, 0, 0, 0, 1, 0})
-	for _, states := range [][]membership.ClusterState{
-		{{VIP: netip.MustParseAddr("10.0.0.1"), Home: 3, Serving: 7, Leaving: 4, Kept: 8, Excluded: 16, Draining: true}},
-		{
-			{VIP: netip.MustParseAddr("192.0.2.1"), Home: nodeset.NodeSet(^uint64(0)), Unhealthy: true},
-			{VIP: netip.MustParseAddr("192.0.2.2")},
-		},
-		{{VIP: netip.MustParseAddr("2001:db8::1"), Serving: 1}},
+	f.Add([]byte{5})
+	f.Add(membership.Meta{Started: testStart, Published: true, Gen: 9, Count: 3, Digest: 77}.Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := membership.DecodeMeta(b)
+		if err != nil || len(b) == 0 {
+			return
+		}
+		if again := m.Encode(); !bytes.Equal(again, b) {
+			t.Fatalf("Encode(DecodeMeta(%x)) = %x", b, again)
+		}
+	})
+}
+
+func FuzzDecodeStateMessage(f *testing.F) {
+	f.Add([]byte{'S', 1, 1, 'n', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	for _, s := range []membership.StateMessage{
+		{Node: "n1", Started: testStart, Gen: 9, Entries: manyStates(f, 9)},
+		{Full: true, Node: "node-b", Started: testStart, Gen: 3, Entries: manyStates(f, 3)},
+		{Node: "n", Started: testStart, Gen: 7, Entries: []membership.Entry{{Version: 7, Gone: true, State: membership.ClusterState{VIP: netip.MustParseAddr("2001:db8::1")}}}},
 	} {
-		b, err := encode(states)
+		b, err := s.Encode()
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(b)
 		f.Add(b[:len(b)-1])
 	}
-
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := membership.DecodeMeta(b)
-		states := m.Clusters
+		s, err := membership.DecodeStateMessage(b)
 		if err != nil {
-			if states != nil {
-				t.Fatalf("DecodeMeta(%x) returned states with error %v", b, err)
+			if s.Entries != nil {
+				t.Fatalf("DecodeStateMessage(%x) returned entries with error %v", b, err)
 			}
 			return
 		}
-		if len(b) == 0 {
-			if states != nil || m.Published {
-				t.Fatalf("DecodeMeta(empty) = %+v, want nothing", m)
-			}
-			return
-		}
-		if want := metaLen(states); len(b) != want {
-			t.Fatalf("DecodeMeta(%d bytes) gave clusters of %d bytes", len(b), want)
-		}
-		for _, s := range states {
-			if !s.VIP.IsValid() || s.VIP.Is4In6() {
-				t.Fatalf("DecodeMeta gave VIP %v", s.VIP)
+		for _, e := range s.Entries {
+			if !e.State.VIP.IsValid() || e.State.VIP.Is4In6() || e.Version > s.Gen {
+				t.Fatalf("DecodeStateMessage gave %+v", e)
 			}
 		}
-		// Whatever decodes (and fits in memberlist's metadata) encodes
-		// back to the same bytes.
-		again, err := m.Encode()
-		if len(b) > 512 {
-			if err == nil {
-				t.Fatalf("Encode(%d clusters) succeeded in more than 512 bytes", len(states))
-			}
-			return
-		}
-		if err != nil {
-			t.Fatalf("Encode(DecodeMeta(%x)): %v", b, err)
-		}
-		if !bytes.Equal(again, b) {
-			t.Fatalf("Encode(DecodeMeta(%x)) = %x", b, again)
-		}
-		back, err := membership.DecodeMeta(again)
-		if err != nil || !reflect.DeepEqual(back, m) {
-			t.Fatalf("second DecodeMeta = %+v, %v; want %+v", back, err, m)
+		// Whatever decodes encodes back to the same bytes.
+		again, err := s.Encode()
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("Encode(DecodeStateMessage(%x)) = %x, %v", b, again, err)
 		}
 	})
 }
