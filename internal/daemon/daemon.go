@@ -223,9 +223,8 @@ func (d *Daemon) shutdown(ln net.Listener) {
 	}
 	d.mu.Lock()
 	vips := make([]netip.Addr, 0, len(d.clusters))
-	for vip, c := range d.clusters {
+	for vip := range d.clusters {
 		vips = append(vips, vip)
-		c.dp.Quiesce()
 	}
 	d.mu.Unlock()
 	for _, vip := range vips {

@@ -27,7 +27,10 @@ type Config struct {
 	// (see flood.go), from the datapath's own goroutine.
 	OnFlood func(FloodReport)
 	Hash    hash.Config
-	Workers int // readers, each with its own socket and TAP queue; 0: one per CPU
+	// Workers is how many readers the interface's capture group has, and
+	// so how many queues the TAP has; 0: one per CPU. The first cluster
+	// on an interface sets it for the group.
+	Workers int
 	// KernelPath lets the kernel answer the settled numbers' packets itself
 	// (see kernelPath) when it can; without it, or when the kernel refuses
 	// the program, every answered packet goes through user space.
@@ -138,10 +141,15 @@ type Datapath struct {
 
 	policy   atomic.Pointer[Policy]
 	filterMu sync.Mutex      // serializes filter swaps and attachment; guards the fields below
-	filtered nodeset.NodeSet // numbers the socket filters pass now
+	filtered nodeset.NodeSet // numbers the capture filter passes now
 	att      *attachment     // nil while detached
 	kernel   *kernelPath
-	retired  Stats // counters of workers of earlier attachments
+	retired  Stats // counters of kernel paths of earlier attachments
+
+	stats     counters
+	lanes     []lane       // per reader of the capture group
+	floodNext atomic.Int64 // when the flood check next sends (Unix ns)
+	floodSeq  atomic.Uint32
 
 	flows  *flowTable
 	flowSt atomic.Pointer[FlowStats]
@@ -160,11 +168,8 @@ type Datapath struct {
 // attachment is what the datapath has on one incarnation of its interface.
 type attachment struct {
 	ifi     *net.Interface
-	workers []*worker // IPv4 or IPv6, each with its TAP queue
-	arp     *worker   // an IPv4 VIP's
-	groups  []int     // sockets holding IP multicast groups: an IPv6 VIP's solicited-node group, igmp mode's group
-	stop    atomic.Bool
-	wg      sync.WaitGroup
+	capture *captureGroup
+	groups  []int // sockets holding IP multicast groups: an IPv6 VIP's solicited-node group, igmp mode's group
 }
 
 // closeGroups leaves the multicast groups the attachment joined on
@@ -174,14 +179,6 @@ func (a *attachment) closeGroups() {
 		unix.Close(fd)
 	}
 	a.groups = nil
-}
-
-// readers returns every worker: the IPv4 ones and the ARP one.
-func (a *attachment) readers() []*worker {
-	if a.arp == nil {
-		return a.workers
-	}
-	return append(a.workers[:len(a.workers):len(a.workers)], a.arp)
 }
 
 // Open creates the TAP and attaches to the interface (see Attach). The
@@ -203,6 +200,7 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 		vip:   cfg.VIP.As16(),
 		owner: Owner{Hash: cfg.Hash},
 		flows: newFlowTable(DefaultMaxFlows),
+		lanes: make([]lane, cfg.Workers),
 		stop:  make(chan struct{}),
 		log:   log.With("vip", cfg.VIP.String()),
 	}
@@ -225,10 +223,9 @@ func Open(cfg Config, nodes nodeset.NodeSet, log *slog.Logger) (*Datapath, error
 	return d, nil
 }
 
-// Attach opens one capture socket per worker on the interface as it is
-// now (by its current index), starts the workers, attaches the kernel path
-// and announces the VIP. It detaches first from an earlier incarnation of
-// the interface, if any.
+// Attach joins the capture group of the interface as it is now (by its
+// current index), attaches the kernel path and announces the VIP. It
+// detaches first from an earlier incarnation of the interface, if any.
 func (d *Datapath) Attach() error {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
@@ -240,21 +237,12 @@ func (d *Datapath) Attach() error {
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", d.cfg.Interface, err)
 	}
-	filter, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, d.filtered)
-	if err != nil {
-		return err
-	}
 	a := &attachment{ifi: ifi}
 	fail := func(err error) error {
-		for _, w := range a.readers() {
-			w.sock.close()
-		}
 		a.closeGroups()
 		return err
 	}
-	etherType := uint16(unix.ETH_P_IP)
 	if d.v6 {
-		etherType = unix.ETH_P_IPV6
 		// Neighbours solicit the VIP at its solicited-node group: join it
 		// as the stack would, so that MLD-snooping switches forward it.
 		sn, _ := SolicitedNode(d.cfg.VIP)
@@ -275,40 +263,10 @@ func (d *Datapath) Attach() error {
 		}
 		a.groups = append(a.groups, fd)
 	}
-	var group uint16
-	for i := 0; i < d.cfg.Workers; i++ {
-		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, d.cfg.MACMode, etherType, filter)
-		if err != nil {
-			return fail(err)
-		}
-		a.workers = append(a.workers, newWorker(d, a, sock, d.tap.queues[i], maxFrame))
-		if err = sock.joinFanout(group); err == nil && i == 0 {
-			group, err = sock.fanoutGroup()
-		}
-		if err != nil {
-			return fail(fmt.Errorf("packet socket on %s: %w", ifi.Name, err))
-		}
-	}
-	if !d.v6 {
-		// ARP needs no TAP and no fanout: one socket, whose filter (the
-		// same program) never changes, since ARP does not depend on the
-		// numbers.
-		sock, err := openCaptureSocket(ifi, d.cfg.ClusterMAC, d.cfg.MACMode, unix.ETH_P_ARP, filter)
-		if err != nil {
-			return fail(err)
-		}
-		a.arp = newWorker(d, a, sock, -1, maxARPFrame)
-	}
-	fs, err := openFloodSocket(ifi)
-	if err != nil {
+	if a.capture, err = attachCapture(d, ifi, uint64(d.filtered)); err != nil {
 		return fail(err)
 	}
-	for _, w := range a.readers() {
-		a.wg.Add(1)
-		go w.run()
-	}
-	a.wg.Add(1)
-	go d.floodLoop(a, fs)
+	d.floodNext.Store(0)
 	d.att = a
 	if d.cfg.KernelPath {
 		if d.kernel, err = openKernelPath(ifi.Index, d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash); err != nil {
@@ -327,9 +285,10 @@ func (d *Datapath) Attach() error {
 	return nil
 }
 
-// Detach stops everything attached to the interface: the workers end, the
-// sockets close (and with them the multicast membership), the kernel path
-// goes. The TAP, the VIP, the policy and the flow table stay, for Attach.
+// Detach leaves the interface: the capture group stops handing this
+// cluster frames (and closes with its last cluster), the multicast
+// memberships go, the kernel path forgets the cluster. The TAP, the VIP,
+// the policy and the flow table stay, for Attach.
 func (d *Datapath) Detach() {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
@@ -349,15 +308,7 @@ func (d *Datapath) detachLocked() {
 		return
 	}
 	d.att = nil
-	a.stop.Store(true)
-	// The sockets close only after the workers have left their reads: a
-	// file descriptor closed under a blocked read could be reused before
-	// the read returns.
-	a.wg.Wait()
-	for _, w := range a.readers() {
-		w.sock.close()
-		w.addStats(&d.retired)
-	}
+	a.capture.remove(d)
 	a.closeGroups()
 }
 
@@ -422,13 +373,9 @@ func (d *Datapath) SetPolicy(p Policy) {
 }
 
 func (d *Datapath) setFilters(pass nodeset.NodeSet) {
-	f, err := captureFilter(d.cfg.VIP, d.cfg.ClusterMAC, d.cfg.Hash, pass)
-	if err == nil && d.att != nil {
-		for _, w := range d.att.workers {
-			if err = w.sock.setFilter(f); err != nil {
-				break
-			}
-		}
+	var err error
+	if d.att != nil {
+		err = d.att.capture.setPass(d, uint64(pass))
 	}
 	if err != nil {
 		if !d.closing.Load() {
@@ -458,11 +405,8 @@ func (d *Datapath) Stalled(maxAge time.Duration) string {
 	if d.att == nil {
 		return ""
 	}
-	now := time.Now().UnixNano()
-	for i, w := range d.att.readers() {
-		if beat := w.beat.Load(); beat != 0 && now-beat > int64(maxAge) {
-			return fmt.Sprintf("VIP %s: reader %d of %s silent for %s", d.cfg.VIP, i, d.cfg.Interface, time.Duration(now-beat).Round(time.Millisecond))
-		}
+	if why := d.att.capture.stalled(maxAge); why != "" {
+		return fmt.Sprintf("VIP %s: %s", d.cfg.VIP, why)
 	}
 	return ""
 }
@@ -543,9 +487,10 @@ func (d *Datapath) Stats() Stats {
 	defer d.filterMu.Unlock()
 	s := d.retired
 	d.late.addTo(&s)
-	if d.att != nil {
-		for _, w := range d.att.readers() {
-			w.addStats(&s)
+	d.stats.addTo(&s)
+	for i := range d.lanes {
+		if t := d.lanes[i].frags.Load(); t != nil {
+			s.DroppedFrag += t.evicted.Load()
 		}
 	}
 	if d.kernel != nil {
@@ -588,14 +533,18 @@ func (d *Datapath) announceLocked() error {
 	if d.att == nil {
 		return fmt.Errorf("announce %s: interface %s not attached", d.cfg.VIP, d.cfg.Interface)
 	}
+	w := d.att.capture.sender(d.v6)
+	if w == nil {
+		return fmt.Errorf("announce %s: no socket to send on", d.cfg.VIP)
+	}
 	var err error
 	if d.v6 {
-		err = d.att.workers[0].send(unsolicitedAdvertFrame(d.att.ifi.HardwareAddr, d.vip, d.cfg.ClusterMAC), allNodesMAC)
+		err = w.send(unsolicitedAdvertFrame(d.att.ifi.HardwareAddr, d.vip, d.cfg.ClusterMAC), allNodesMAC)
 	} else {
 		var f []byte
 		f, err = arpFrame(broadcastMAC, d.att.ifi.HardwareAddr, arpOpRequest, d.cfg.ClusterMAC, d.vip4, make(net.HardwareAddr, 6), d.vip4)
 		if err == nil {
-			err = d.att.arp.send(f, broadcastMAC)
+			err = w.send(f, broadcastMAC)
 		}
 	}
 	if err != nil {
@@ -606,18 +555,6 @@ func (d *Datapath) announceLocked() error {
 
 // Closed tells whether Close has been called.
 func (d *Datapath) Closed() bool { return d.closing.Load() }
-
-// Quiesce tells the readers to stop, without waiting for them: a daemon
-// stopping many clusters lets all their reads time out at once rather than
-// one cluster after another (200 ms each). Frames are no longer taken from
-// the capture sockets; Close must follow.
-func (d *Datapath) Quiesce() {
-	d.filterMu.Lock()
-	if d.att != nil {
-		d.att.stop.Store(true)
-	}
-	d.filterMu.Unlock()
-}
 
 // Close detaches from the interface and removes the TAP (and with it the
 // VIP).

@@ -267,42 +267,18 @@ func openFloodSocket(ifi *net.Interface) (*floodSocket, error) {
 	return &floodSocket{conn: conn, ifi: ifi}, nil
 }
 
-// floodLoop sends a hello and a probe every floodInterval and reads hellos
-// in between, until the attachment ends; after each round it tells
-// Config.OnFlood when the report changed.
-func (d *Datapath) floodLoop(a *attachment, s *floodSocket) {
-	defer a.wg.Done()
-	defer s.conn.Close()
-	var seq uint32
-	buf := make([]byte, 2048)
-	next := time.Now()
-	for !a.stop.Load() {
-		now := time.Now()
-		if !now.Before(next) {
-			seq++
-			hello := floodMsg{kind: floodHello, seq: seq, vip: d.cfg.VIP, name: d.cfg.NodeName}
-			probe := hello
-			probe.kind = floodProbe
-			bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-			if _, err := s.conn.WriteTo(helloFrame(s.ifi.HardwareAddr, hello), &packet.Addr{HardwareAddr: bcast}); err != nil {
-				d.log.Debug("flood check: send hello", "err", err)
-			}
-			if _, err := s.conn.WriteTo(probeFrame(d.cfg.ClusterMAC, s.ifi.HardwareAddr, probe), &packet.Addr{HardwareAddr: d.cfg.ClusterMAC}); err != nil {
-				d.log.Debug("flood check: send probe", "err", err)
-			}
-			d.reportFlooding(now)
-			next = now.Add(floodInterval)
-		}
-		deadline := now.Add(readTimeout)
-		if next.Before(deadline) {
-			deadline = next
-		}
-		s.conn.SetReadDeadline(deadline)
-		n, _, err := s.conn.ReadFrom(buf)
-		if err != nil || n < ethHdrLen {
-			continue
-		}
-		d.sawFlood(buf[ethHdrLen:n], net.HardwareAddr(buf[6:12]), floodHello)
+// sendFlood sends the cluster's hello and probe on s.
+func (d *Datapath) sendFlood(s *floodSocket) {
+	seq := d.floodSeq.Add(1)
+	hello := floodMsg{kind: floodHello, seq: seq, vip: d.cfg.VIP, name: d.cfg.NodeName}
+	probe := hello
+	probe.kind = floodProbe
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if _, err := s.conn.WriteTo(helloFrame(s.ifi.HardwareAddr, hello), &packet.Addr{HardwareAddr: bcast}); err != nil {
+		d.log.Debug("flood check: send hello", "err", err)
+	}
+	if _, err := s.conn.WriteTo(probeFrame(d.cfg.ClusterMAC, s.ifi.HardwareAddr, probe), &packet.Addr{HardwareAddr: d.cfg.ClusterMAC}); err != nil {
+		d.log.Debug("flood check: send probe", "err", err)
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
-	"golang.org/x/sys/unix"
 )
 
 func TestFloodMsgRoundTrip(t *testing.T) {
@@ -159,7 +158,7 @@ func TestProbesReachUserSpace(t *testing.T) {
 			t.Fatalf("%s: probe payload %+v, %v", tc.vip, m, ok)
 		}
 		for _, pass := range []nodeset.NodeSet{0, nodeset.NodeSet(0).Add(1), nodeset.NodeSet(0).Add(2)} {
-			vm := filterProgramVM(t, tc.vip, tc.mac, tc.cfg, pass, unix.PACKET_MULTICAST)
+			vm := ownershipVM(t, tc.vip, tc.mac, tc.cfg, pass)
 			if n, err := vm.Run(frame); err != nil || n == 0 {
 				t.Errorf("%s: capture filter passing %v drops the probe (%d, %v)", tc.vip, pass, n, err)
 			}

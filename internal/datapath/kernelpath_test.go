@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -8,33 +9,47 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
 )
 
-// testKernelProgram loads (without attaching) the kernel path's program for
-// the test VIP and MAC, set and protos; the kernel path counts what it takes.
+// testKernelProgram loads (without attaching) the kernel path's program
+// with one cluster, the test VIP and MAC, taking set and protos; the kernel
+// path counts what it takes.
 func testKernelProgram(tb testing.TB, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
 	return testKernelProgramAt(tb, testVIP, testClusterMAC, cfg, set, protos)
+}
+
+// testIfaceProgram loads an interface's program without attaching it.
+func testIfaceProgram(tb testing.TB) *ifaceProgram {
+	tb.Helper()
+	ip, err := newIfaceProgram()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ip.close() })
+	return ip
+}
+
+// addTestCluster adds a cluster to ip, taking set and protos.
+func addTestCluster(tb testing.TB, ip *ifaceProgram, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) *kernelPath {
+	tb.Helper()
+	k, err := ip.add(vip, mac, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := k.update(set, protos); err != nil {
+		tb.Fatal(err)
+	}
+	return k
 }
 
 // testKernelProgramAt is testKernelProgram for vip and mac.
 func testKernelProgramAt(tb testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
 	tb.Helper()
-	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
-	if err != nil {
-		tb.Fatalf("counter map: %v", err)
-	}
-	tb.Cleanup(func() { counter.Close() })
-	k := &kernelPath{vip: vip, mac: mac, hash: cfg, counter: counter}
-	prog, err := k.load(set, protos)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { prog.Close() })
-	return k, prog
+	ip := testIfaceProgram(tb)
+	return addTestCluster(tb, ip, vip, mac, cfg, set, protos), ip.prog
 }
 
 // loadKernelPath returns a function that runs the kernel path's program for
@@ -81,7 +96,6 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		take := loadKernelPath(t, cfg, kernel, protos)
 		// The capture filter, run on frames as the kernel path left them.
 		untaken := ownershipVM(t, testVIP, testClusterMAC, cfg, pass)
-		taken := filterProgramVM(t, testVIP, testClusterMAC, cfg, pass, unix.PACKET_HOST)
 		o := Owner{Hash: cfg}
 		for i := 0; i < 200; i++ {
 			src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
@@ -110,13 +124,14 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 			wantPassed := mac.String() == testClusterMAC.String() && !wantTaken &&
 				(p.fragment() || proto == protoICMP || pass.Contains(node))
 			got := take(frame)
-			vm := untaken
-			if got {
-				vm = taken
-			}
-			passed, err := vm.Run(frame)
-			if err != nil {
-				t.Fatal(err)
+			// A frame taken is the host's when the capture filter runs,
+			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
+			passed := 0
+			if !got {
+				var err error
+				if passed, err = untaken.Run(frame); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if got != wantTaken || (passed > 0) != wantPassed {
 				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v passed %v, want %v %v",
@@ -142,8 +157,9 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 
 // BenchmarkKernelPath times the kernel path's program in the kernel
 // (BPF_PROG_TEST_RUN, JIT-compiled) on a TCP segment it takes and on one of
-// another node's that it leaves. The time is the program's alone; the
-// kernel reports it per run.
+// another node's that it leaves, with 1, 100 and 1,000 clusters on the
+// interface: one program serves them all, so the cost should not grow. The
+// time is the program's alone; the kernel reports it per run.
 func BenchmarkKernelPath(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("loading eBPF needs root")
@@ -178,19 +194,143 @@ func BenchmarkKernelPath(b *testing.B) {
 				frames[n] = mkEther(fam.mac, testClientMAC, fam.typ, ipb)
 			}
 		}
-		_, prog := testKernelProgramAt(b, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
-		for _, bc := range []struct {
-			name  string
-			frame []byte
-		}{{"taken", frames[1]}, {"left", frames[2]}} {
-			b.Run(fam.name+"/"+bc.name, func(b *testing.B) {
-				_, per, err := prog.Benchmark(bc.frame, b.N, b.ResetTimer)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
-			})
+		for _, vips := range []int{1, 100, 1000} {
+			ip := testIfaceProgram(b)
+			addTestCluster(b, ip, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
+			for i := 1; i < vips; i++ {
+				other := fillerVIP(fam.vip, i)
+				addTestCluster(b, ip, other, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
+			}
+			for _, bc := range []struct {
+				name  string
+				frame []byte
+			}{{"taken", frames[1]}, {"left", frames[2]}} {
+				b.Run(fmt.Sprintf("%s/%dVIPs/%s", fam.name, vips, bc.name), func(b *testing.B) {
+					_, per, err := ip.prog.Benchmark(bc.frame, b.N, b.ResetTimer)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
+				})
+			}
 		}
+	}
+}
+
+// fillerVIP is the i-th other VIP of vip's family.
+func fillerVIP(vip netip.Addr, i int) netip.Addr {
+	if vip.Is6() {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0xff, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+	}
+	return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+}
+
+// TestKernelPathManyVIPs: one program serving many clusters, of both
+// families, each with its own MAC, hash, numbers and protocols, takes
+// exactly the packets Owner.Node gives a number its cluster's entry holds,
+// counts each in its own cluster's counter, and changing one cluster's
+// numbers changes nothing for the others.
+func TestKernelPathManyVIPs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF needs root")
+	}
+	rng := rand.New(rand.NewPCG(13, 1))
+	ip := testIfaceProgram(t)
+	type cluster struct {
+		k   *kernelPath
+		cfg hash.Config
+		mac net.HardwareAddr
+	}
+	var clusters []*cluster
+	for i := range 60 {
+		vip := fillerVIP(testVIP, i)
+		cfg := hash.Config{Mode: testModes[rng.IntN(3)], TotalNodes: uint32(1 + rng.IntN(64)), Seed: rng.Uint32(), Compat: hash.Compat(rng.IntN(2))}
+		if i%3 == 2 {
+			vip = fillerVIP(testVIP6, i)
+			cfg.Compat = hash.NFTables
+		}
+		mac := net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, byte(i >> 8), byte(i)}
+		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
+		c := &cluster{cfg: cfg, mac: mac}
+		c.k = addTestCluster(t, ip, vip, mac, cfg, nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(2)))
+		clusters = append(clusters, c)
+	}
+	frame := func(c *cluster, mac net.HardwareAddr, i int) ([]byte, int, uint8) {
+		proto, l4 := testL4(i%9, uint16(rng.Uint32()), uint16(rng.Uint32()), rng.Uint32())
+		var p ipPacket
+		o := Owner{Hash: c.cfg}
+		if c.k.vip.Is6() {
+			if proto == protoICMP {
+				proto, l4 = protoICMPv6, mkICMPv6("2001:db8:1::7", c.k.vip.String(), 128, 0, rng.Uint32(), nil)
+			}
+			var src [16]byte
+			for j := range src {
+				src[j] = byte(rng.Uint32())
+			}
+			ipb := mkIPv6(netip.AddrFrom16(src).String(), c.k.vip.String(), nil, proto, l4)
+			if !parseIPv6(ipb, &p) {
+				t.Fatal("test packet does not parse")
+			}
+			return mkEther(mac, testClientMAC, etherTypeIPv6, ipb), o.Node(&p), proto
+		}
+		src := netip.AddrFrom4([4]byte{byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}).String()
+		ipb := mkIPv4(testIPHdr{src: src, dst: c.k.vip.String(), proto: proto}, l4)
+		if !parseIPv4(ipb, &p) {
+			t.Fatal("test packet does not parse")
+		}
+		return mkEther(mac, testClientMAC, etherTypeIPv4, ipb), o.Node(&p), proto
+	}
+	run := func(f []byte) {
+		ret, err := ip.prog.Run(&ebpf.RunOptions{Data: f})
+		if err != nil || int32(ret) != tcxNext {
+			t.Fatalf("run: %d, %v", int32(ret), err)
+		}
+	}
+	for round := range 3 {
+		for i := range 1500 {
+			c := clusters[rng.IntN(len(clusters))]
+			mac := c.mac
+			if i%17 == 0 {
+				mac = clusters[rng.IntN(len(clusters))].mac // another cluster's MAC
+			}
+			f, node, proto := frame(c, mac, i)
+			before := make([]uint64, len(clusters))
+			for j, o := range clusters {
+				before[j] = o.k.taken()
+			}
+			run(f)
+			// AH is an extension header in IPv6: user space's.
+			plain := !c.k.vip.Is6() || proto != testAH
+			want := mac.String() == c.mac.String() && plain && c.k.protos.takes(proto) && c.k.set.Contains(node)
+			for j, o := range clusters {
+				got := o.k.taken() - before[j]
+				if wantN := map[bool]uint64{true: 1}[want && o == c]; got != wantN {
+					t.Fatalf("round %d: frame %d to %s (node %d, proto %d, set %s, protos %d): cluster %s counted %d, want %d",
+						round, i, c.k.vip, node, proto, c.k.set, c.k.protos, o.k.vip, got, wantN)
+				}
+			}
+		}
+		// New numbers for a third of the clusters, one update each.
+		for _, c := range clusters[round%3:] {
+			all := nodeset.NodeSet(1)<<c.cfg.TotalNodes - 1
+			if err := c.k.update(nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(2))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A cluster closed is out of the program; its slot is free again.
+	c := clusters[0]
+	f, _, _ := frame(c, c.mac, 0)
+	if err := c.k.close(); err != nil {
+		t.Fatal(err)
+	}
+	before := c.k.taken()
+	run(f)
+	if c.k.taken() != before {
+		t.Errorf("a closed cluster's frame was taken")
+	}
+	if ip.slots[c.k.slot] {
+		t.Errorf("a closed cluster's slot is still in use")
 	}
 }
 
@@ -211,7 +351,6 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 		protos := kernelProtos(round / 3 % 2)
 		take := loadKernelPathAt(t, testVIP6, testClusterMAC6, cfg, kernel, protos)
 		untaken := ownershipVM(t, testVIP6, testClusterMAC6, cfg, pass)
-		taken := filterProgramVM(t, testVIP6, testClusterMAC6, cfg, pass, unix.PACKET_HOST)
 		o := Owner{Hash: cfg}
 		for i := 0; i < 200; i++ {
 			var src [16]byte
@@ -248,13 +387,14 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 			wantTaken := forKernel && kernel.Contains(node)
 			wantPassed := toCluster && !wantTaken && (!plain || pass.Contains(node))
 			got := take(frame)
-			vm := untaken
-			if got {
-				vm = taken
-			}
-			passed, err := vm.Run(frame)
-			if err != nil {
-				t.Fatal(err)
+			// A frame taken is the host's when the capture filter runs,
+			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
+			passed := 0
+			if !got {
+				var err error
+				if passed, err = untaken.Run(frame); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if got != wantTaken || (passed > 0) != wantPassed {
 				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s (ext %v, node %d, MAC %s): taken %v passed %v, want %v %v",

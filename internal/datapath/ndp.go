@@ -170,20 +170,19 @@ func icmpv6Checksum(src, dst *addr, msg []byte) uint16 {
 
 // handleNS answers a neighbour solicitation for the VIP; frame is the
 // Ethernet frame of p.
-func (w *worker) handleNS(frame []byte, p *ipPacket) {
-	d := w.d
+func (d *Datapath) handleNS(w *worker, frame []byte, p *ipPacket) {
 	s, forVIP, valid := neighborSolicitForVIP(frame, p, d.vip)
 	if !valid {
-		w.stats.malformed.Add(1)
+		d.stats.malformed.Add(1)
 		return
 	}
 	if !forVIP {
 		return
 	}
-	reply := neighborAdvertFrame(s.ethDst, w.att.ifi.HardwareAddr, d.vip, s.ipDst, d.cfg.ClusterMAC, s.solicited)
+	reply := neighborAdvertFrame(s.ethDst, w.g.ifi.HardwareAddr, d.vip, s.ipDst, d.cfg.ClusterMAC, s.solicited)
 	if err := w.send(reply, s.ethDst); err != nil {
 		d.log.Warn("neighbour advertisement", "to", s.ethDst.String(), "err", err)
 		return
 	}
-	w.stats.ndReplies.Add(1)
+	d.stats.ndReplies.Add(1)
 }

@@ -146,8 +146,8 @@ func TestWorkerAnswersSolicitation(t *testing.T) {
 	w.handle(append(make([]byte, vnetHdrLen), nsFrame(client, sn.String(), vip, nil, nil)...), 1)
 	w.handle(append(make([]byte, vnetHdrLen), nsFrame(client, sn.String(), vip, nil, func(ip []byte) { ip[7] = 1 })...), 1)
 	w.handle(append(make([]byte, vnetHdrLen), nsFrame(client, sn.String(), "2001:db8::99", nil, nil)...), 1)
-	if len(sent) != 1 || w.stats.ndReplies.Load() != 1 || w.stats.malformed.Load() != 1 {
-		t.Fatalf("%d sent, %d replies counted, %d malformed", len(sent), w.stats.ndReplies.Load(), w.stats.malformed.Load())
+	if len(sent) != 1 || w.cluster().stats.ndReplies.Load() != 1 || w.cluster().stats.malformed.Load() != 1 {
+		t.Fatalf("%d sent, %d replies counted, %d malformed", len(sent), w.cluster().stats.ndReplies.Load(), w.cluster().stats.malformed.Load())
 	}
 }
 
@@ -195,7 +195,7 @@ func TestWorkerIPv6Fragments(t *testing.T) {
 			if n == owner {
 				wantOwned = 2
 			}
-			if got := w.stats.owned.Load() + w.stats.tapErrors.Load(); got != wantOwned {
+			if got := w.cluster().stats.owned.Load() + w.cluster().stats.tapErrors.Load(); got != wantOwned {
 				t.Fatalf("serving %d (owner %d): %d fragments delivered, want %d", n, owner, got, wantOwned)
 			}
 		}

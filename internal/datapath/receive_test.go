@@ -450,13 +450,19 @@ func fuzzWorker(t testing.TB, vip netip.Addr, m hash.Mode, pol Policy) *worker {
 		d.vip4 = vip.As4()
 	}
 	d.policy.Store(&pol)
-	a := &attachment{ifi: &net.Interface{Name: "eth0", HardwareAddr: testNICMAC}}
 	// Small tables: the fuzzer makes one per input.
-	w := &worker{d: d, att: a, tap: int(null.Fd()), frags: newFragTableOf(64),
-		send: func([]byte, net.HardwareAddr) error { return nil }}
-	a.workers = []*worker{w}
-	d.att = a
-	return w
+	d.lanes = []lane{{size: 64}}
+	g := &captureGroup{ifi: &net.Interface{Name: "eth0", HardwareAddr: testNICMAC}}
+	g.clusters.Store(&map[addr]*Datapath{d.vip: d})
+	return &worker{g: g, send: func([]byte, net.HardwareAddr) error { return nil }}
+}
+
+// cluster is the one cluster of a test worker's group.
+func (w *worker) cluster() *Datapath {
+	for _, d := range *w.g.clusters.Load() {
+		return d
+	}
+	return nil
 }
 
 // FuzzWorkerFrames runs sequences of frames through a worker's whole
@@ -522,17 +528,17 @@ func FuzzWorkerFrames(f *testing.F) {
 			w.handle(frame, now)
 			now += int64(time.Millisecond)
 		}
-		if held := w.d.flows.heldPackets.Load(); held < 0 || held > maxHeldPackets {
+		if held := w.cluster().flows.heldPackets.Load(); held < 0 || held > maxHeldPackets {
 			t.Fatalf("%d packets held", held)
 		}
-		ft := w.frags
+		ft := w.cluster().lanes[0].table()
 		if ft.used > len(ft.slots) || ft.heldBytes > fragMaxHeldBytes || ft.heldBytes < 0 || len(ft.index) != ft.used {
 			t.Fatalf("fragment table: %d used, %d indexed, %d bytes held", ft.used, len(ft.index), ft.heldBytes)
 		}
 		// Ending a handoff answers or drops whatever was held for it.
-		w.d.TakeOver(1, []FlowID{})
-		w.d.TakeOver(3, nil)
-		if held := w.d.flows.heldPackets.Load(); held != 0 {
+		w.cluster().TakeOver(1, []FlowID{})
+		w.cluster().TakeOver(3, nil)
+		if held := w.cluster().flows.heldPackets.Load(); held != 0 {
 			t.Fatalf("%d packets still held after every handoff ended", held)
 		}
 	})

@@ -5,11 +5,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"syscall"
 	"time"
 
-	"github.com/mdlayher/packet"
-	"golang.org/x/net/bpf"
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,143 +15,105 @@ import (
 // while the reader is descheduled.
 const socketRcvBuf = 8 << 20
 
-// captureSocket is the cluster's AF_PACKET socket on the shared interface.
+// captureSocket is one of a capture group's AF_PACKET sockets.
 type captureSocket struct {
-	conn *packet.Conn
-	raw  syscall.RawConn
-	ifi  *net.Interface
-	fd   int // read directly, blocking, by the worker's own thread
+	fd    int // read directly, blocking, by the worker's own thread
+	ifi   *net.Interface
+	proto uint16
 }
 
 // readTimeout bounds a blocking read so that a worker notices shutdown.
 const readTimeout = 200 * time.Millisecond
 
-// openCaptureSocket binds a raw packet socket for EtherType proto to ifi
-// that sees only the frames filter passes (attached before bind), carries
-// the virtio-net header and subscribes the interface to the cluster MAC: to
-// its multicast filter, or in unicast mode to its unicast filter. The
-// membership belongs to the socket, so the kernel drops it when the socket
-// closes, even when the daemon is killed.
+// openCaptureSocket opens a raw packet socket on ifi for EtherType proto
+// that sees only the frames filter passes: the filter is attached before
+// the socket is bound, so no frame gets in unfiltered. The socket carries
+// the virtio-net header.
 //
 // A socket bound to one EtherType sees a frame after the interface's
 // ingress hook (where the kernel path runs), unlike one bound to every
 // protocol, and never sees the host's own outgoing frames.
-func openCaptureSocket(ifi *net.Interface, clusterMAC net.HardwareAddr, mode MACMode, proto uint16, filter []bpf.RawInstruction) (*captureSocket, error) {
-	conn, err := packet.Listen(ifi, packet.Raw, int(proto), &packet.Config{Filter: filter})
+func openCaptureSocket(ifi *net.Interface, proto uint16, filter *ebpf.Program) (*captureSocket, error) {
+	// Protocol 0: nothing arrives before bind.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
+		return nil, err
 	}
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
+	fail := func(what string, err error) (*captureSocket, error) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	s := &captureSocket{conn: conn, raw: raw, ifi: ifi}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); serr != nil {
-			serr = fmt.Errorf("PACKET_VNET_HDR: %w", serr)
-			return
-		}
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketRcvBuf); serr != nil {
-			// Without CAP_NET_ADMIN only the capped size is possible.
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, socketRcvBuf)
-		}
-		if serr != nil {
-			return
-		}
-		// The worker reads on a thread of its own, blocking in the kernel
-		// until frames arrive: no epoll and no goroutine wake-up per batch.
-		tv := unix.NsecToTimeval(readTimeout.Nanoseconds())
-		if serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); serr != nil {
-			serr = fmt.Errorf("SO_RCVTIMEO: %w", serr)
-			return
-		}
-		if serr = unix.SetNonblock(int(fd), false); serr != nil {
-			return
-		}
-		s.fd = int(fd)
-	})
-	if err == nil {
-		err = serr
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_BPF, filter.FD()); err != nil {
+		return fail("SO_ATTACH_BPF", err)
 	}
-	if err == nil {
-		if jerr := joinMAC(raw, ifi, clusterMAC, mode); jerr != nil {
-			err = fmt.Errorf("join %s: %w", clusterMAC, jerr)
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		return fail("PACKET_VNET_HDR", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketRcvBuf); err != nil {
+		// Without CAP_NET_ADMIN only the capped size is possible.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketRcvBuf); err != nil {
+			return fail("SO_RCVBUF", err)
 		}
 	}
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("packet socket on %s: %w", ifi.Name, err)
+	// The worker reads on a thread of its own, blocking in the kernel
+	// until frames arrive: no epoll and no goroutine wake-up per batch.
+	tv := unix.NsecToTimeval(readTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fail("SO_RCVTIMEO", err)
 	}
-	return s, nil
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: ifi.Index}); err != nil {
+		return fail("bind", err)
+	}
+	return &captureSocket{fd: fd, ifi: ifi, proto: proto}, nil
 }
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // joinFanout spreads the interface's frames over the workers' sockets by
 // flow hash, so every packet of a flow (and every fragment of a datagram,
 // which the flow dissector hashes without ports) reaches the same worker.
 // Group 0 asks the kernel for a new, unique group id.
 func (s *captureSocket) joinFanout(group uint16) error {
-	var err error
-	cerr := s.raw.Control(func(fd uintptr) {
-		arg := int(group) | unix.PACKET_FANOUT_HASH<<16
-		if group == 0 {
-			arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
-		}
-		if err = unix.SetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
-			err = fmt.Errorf("PACKET_FANOUT: %w", err)
-		}
-	})
-	if cerr != nil {
-		return cerr
+	arg := int(group) | unix.PACKET_FANOUT_HASH<<16
+	if group == 0 {
+		arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
 	}
-	return err
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
+		return fmt.Errorf("PACKET_FANOUT: %w", err)
+	}
+	return nil
 }
 
 // fanoutGroup returns the socket's fanout group id.
 func (s *captureSocket) fanoutGroup() (uint16, error) {
-	var v int
-	var err error
-	cerr := s.raw.Control(func(fd uintptr) {
-		v, err = unix.GetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_FANOUT)
-	})
-	if cerr != nil {
-		return 0, cerr
-	}
+	v, err := unix.GetsockoptInt(s.fd, unix.SOL_PACKET, unix.PACKET_FANOUT)
 	return uint16(v), err
 }
 
-// setFilter replaces the socket's filter; the kernel swaps it atomically.
-func (s *captureSocket) setFilter(f []bpf.RawInstruction) error { return s.conn.SetBPF(f) }
-
 // send writes one frame (without virtio-net header) to dst on the interface.
-// Only the slow path (ARP) sends, so the small copy is acceptable.
+// Only the slow path (ARP, neighbour discovery) sends, so the small copy is
+// acceptable.
 func (s *captureSocket) send(frame []byte, dst net.HardwareAddr) error {
 	b := make([]byte, vnetHdrLen+len(frame))
 	copy(b[vnetHdrLen:], frame)
-	_, err := s.conn.WriteTo(b, &packet.Addr{HardwareAddr: dst})
-	return err
+	to := &unix.SockaddrLinklayer{Protocol: htons(s.proto), Ifindex: s.ifi.Index, Halen: uint8(len(dst))}
+	copy(to.Addr[:], dst)
+	return unix.Sendto(s.fd, b, 0, to)
 }
 
-func (s *captureSocket) close() error { return s.conn.Close() }
+func (s *captureSocket) close() error { return unix.Close(s.fd) }
 
 // joinMAC adds mac to ifi's multicast filter, or in unicast mode to its
-// unicast filter (PACKET_MR_UNICAST), for as long as the socket lives.
-func joinMAC(raw syscall.RawConn, ifi *net.Interface, mac net.HardwareAddr, mode MACMode) error {
+// unicast filter (PACKET_MR_UNICAST), for as long as the packet socket fd
+// lives (op PACKET_ADD_MEMBERSHIP), or takes it out (PACKET_DROP_MEMBERSHIP).
+func joinMAC(fd int, ifi *net.Interface, mac net.HardwareAddr, mode MACMode, op int) error {
 	typ := uint16(unix.PACKET_MR_MULTICAST)
 	if mode == MACUnicast {
 		typ = unix.PACKET_MR_UNICAST
 	}
 	mreq := &unix.PacketMreq{Ifindex: int32(ifi.Index), Type: typ, Alen: uint16(len(mac))}
 	copy(mreq.Address[:], mac)
-	var err error
-	cerr := raw.Control(func(fd uintptr) {
-		err = unix.SetsockoptPacketMreq(int(fd), unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, mreq)
-	})
-	if cerr != nil {
-		return cerr
-	}
-	return err
+	return unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, op, mreq)
 }
 
 // joinGroup joins the IP multicast group on ifi through a socket of its
