@@ -25,7 +25,7 @@ TEST_TOOLS := ip:iproute2 nsenter:util-linux unshare:util-linux setpriv:util-lin
 TEST_FILES := /usr/lib/ipsec/charon:strongswan-charon \
               /usr/lib/ipsec/plugins/libstrongswan-ha.so:libcharon-extra-plugins
 
-.PHONY: all build labctl docs demo test deps unit e2e vet fmt fuzz clean bench-failover bench install uninstall deb
+.PHONY: all build labctl docs demo test deps unit e2e vet fmt fuzz clean bench-failover bench bench-scale install uninstall deb
 
 all: build
 
@@ -124,6 +124,10 @@ deb:
 # Failover, drain, health check and rejoin under load, in a lab (root).
 bench-failover: build labctl
 	./$(LABCTL) bench-failover --clusterctl $(abspath $(BIN))
+
+# Many VIPs on one daemon, and many nodes in one cluster (root; minutes).
+bench-scale: build labctl
+	./$(LABCTL) bench-scale --clusterctl $(abspath $(BIN))
 
 # Direct vs the kernel's nftables recipe vs the daemon, side by side (root).
 bench: build labctl

@@ -11,6 +11,7 @@ import (
 
 	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/nodeset"
+	"github.com/vishvananda/netlink"
 )
 
 // readConfig parses a config file and checks every cluster against this
@@ -49,7 +50,7 @@ func CheckConfig(path string) ([]Spec, error) {
 
 // checkHost validates what a Spec needs from this host.
 func checkHost(s Spec) error {
-	ifi, err := net.InterfaceByName(s.Interface)
+	ifi, err := datapath.InterfaceByName(s.Interface)
 	if err != nil {
 		return fmt.Errorf("--interface %s: no such interface", s.Interface)
 	}
@@ -62,20 +63,28 @@ func checkHost(s Spec) error {
 			return fmt.Errorf("--interface %s: IPv6 is off on it (net.ipv6.conf.%s.disable_ipv6); an IPv6 VIP needs it on", s.Interface, s.Interface)
 		}
 	}
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return err
+	// One dump of the host's addresses: asking each interface for its own
+	// would cost a dump per interface, and there is a TAP per cluster.
+	family := netlink.FAMILY_V4
+	if s.VIP.Is6() {
+		family = netlink.FAMILY_V6
 	}
-	for _, other := range ifaces {
-		if other.Name == datapath.TapName(s.VIP) {
+	addrs, err := netlink.AddrList(nil, family)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); !ok || ip.Unmap() != s.VIP {
+			continue
+		}
+		name := fmt.Sprintf("interface %d", a.LinkIndex)
+		if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+			name = l.Attrs().Name
+		}
+		if name == datapath.TapName(s.VIP) {
 			continue // a running daemon's own: a reload, or `check` beside it
 		}
-		addrs, _ := other.Addrs()
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == s.VIP {
-				return fmt.Errorf("--vip %s: already an address of %s; remove it there (the daemon puts the VIP on its own TAP)", s.VIP, other.Name)
-			}
-		}
+		return fmt.Errorf("--vip %s: already an address of %s; remove it there (the daemon puts the VIP on its own TAP)", s.VIP, name)
 	}
 	return nil
 }

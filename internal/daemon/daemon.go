@@ -80,6 +80,7 @@ type Daemon struct {
 
 	mu         sync.Mutex
 	clusters   map[netip.Addr]*cluster
+	deleting   map[netip.Addr]bool // clusters whose datapath is closing
 	ifaceUsers map[ifaceFamily]int
 	links      map[string]linkState // interfaces in use, as last seen
 	// retired are the counters of clusters deleted by a reload that
@@ -139,7 +140,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	d := &Daemon{opts: opts, log: opts.Log, clusters: map[netip.Addr]*cluster{}, ifaceUsers: map[ifaceFamily]int{},
-		links: map[string]linkState{}, retired: map[netip.Addr]retiredCounters{}, live: map[string]string{}, kickCh: make(chan struct{}, 1)}
+		links: map[string]linkState{}, retired: map[netip.Addr]retiredCounters{}, deleting: map[netip.Addr]bool{}, live: map[string]string{}, kickCh: make(chan struct{}, 1)}
 	node := ""
 	if msCfg != nil {
 		node = msCfg.Name
@@ -227,11 +228,26 @@ func (d *Daemon) shutdown(ln net.Listener) {
 		vips = append(vips, vip)
 	}
 	d.mu.Unlock()
-	for _, vip := range vips {
-		if err := d.deleteCluster(vip); err != nil {
-			d.log.Error("stop cluster", "vip", vip, "err", err)
-		}
+	// Side by side: a thousand clusters one after another would take
+	// their TAPs' removal times over.
+	var wg sync.WaitGroup
+	todo := make(chan netip.Addr)
+	for range min(len(vips), 16) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for vip := range todo {
+				if err := d.deleteCluster(vip); err != nil {
+					d.log.Error("stop cluster", "vip", vip, "err", err)
+				}
+			}
+		}()
 	}
+	for _, vip := range vips {
+		todo <- vip
+	}
+	close(todo)
+	wg.Wait()
 	if d.ctl != nil {
 		if err := d.ctl.Close(); err != nil {
 			d.log.Error("unmount control files", "err", err)
@@ -286,6 +302,9 @@ func (d *Daemon) newClusterFrom(s Spec, fromConfig bool) error {
 	defer d.mu.Unlock()
 	if _, ok := d.clusters[s.VIP]; ok {
 		return fmt.Errorf("--vip %s: cluster already exists (delete it first)", s.VIP)
+	}
+	if d.deleting[s.VIP] {
+		return fmt.Errorf("--vip %s: cluster still being deleted; try again", s.VIP)
 	}
 	if d.ms != nil && len(d.clusters) >= membership.MaxClusters {
 		return fmt.Errorf("--vip %s: at most %d clusters per daemon with --peers", s.VIP, membership.MaxClusters)
@@ -357,21 +376,31 @@ func (d *Daemon) nodeName() string {
 	return name
 }
 
+// deleteCluster stops and removes a cluster. Its datapath closes without
+// d.mu held (removing a TAP takes the kernel a few milliseconds, and a
+// stopping daemon closes its clusters side by side); until it has, the VIP
+// cannot be created again.
 func (d *Daemon) deleteCluster(vip netip.Addr) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	c, ok := d.clusters[vip]
 	if !ok {
+		d.mu.Unlock()
 		return fmt.Errorf("VIP %s: no such cluster", vip)
 	}
 	delete(d.clusters, vip)
+	d.deleting[vip] = true
+	d.mu.Unlock()
 	c.stopChecks()
 	c.mu.Lock() // let a running reconcile finish before the datapath goes
-	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close(), d.releaseInterface(c.spec.Interface, c.spec.VIP.Is6()))
+	err := errors.Join(d.ctl.Remove(vip.String()), c.dp.Close())
 	if c.notified != 0 {
 		c.hooks.serving(vip.String(), c.notified.String(), "")
 	}
 	c.mu.Unlock()
+	d.mu.Lock()
+	err = errors.Join(err, d.releaseInterface(c.spec.Interface, c.spec.VIP.Is6()))
+	delete(d.deleting, vip)
+	d.mu.Unlock()
 	d.kick()
 	d.log.Info("cluster deleted", "vip", vip)
 	return err

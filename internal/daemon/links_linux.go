@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/vishvananda/netlink"
 )
 
@@ -32,7 +33,7 @@ func (s linkState) problem(iface string) string {
 }
 
 func readLink(iface string) linkState {
-	ifi, err := net.InterfaceByName(iface)
+	ifi, err := datapath.InterfaceByName(iface)
 	if err != nil {
 		return linkState{gone: true}
 	}

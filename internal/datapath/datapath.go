@@ -233,7 +233,7 @@ func (d *Datapath) Attach() error {
 		return fmt.Errorf("datapath %s: closed", d.cfg.VIP)
 	}
 	d.detachLocked()
-	ifi, err := net.InterfaceByName(d.cfg.Interface)
+	ifi, err := InterfaceByName(d.cfg.Interface)
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", d.cfg.Interface, err)
 	}

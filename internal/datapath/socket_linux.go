@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,4 +145,26 @@ func joinGroup(ifi *net.Interface, group netip.Addr) (int, error) {
 		return 0, fmt.Errorf("join %s on %s: %w", group, ifi.Name, err)
 	}
 	return fd, nil
+}
+
+// InterfaceByName is net.InterfaceByName without its cost: that lists
+// every link of the host (and a node with a thousand clusters has a
+// thousand TAPs) to find one, where this asks the kernel for the one.
+func InterfaceByName(name string) (*net.Interface, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, &net.OpError{Op: "route", Net: "ip+net", Err: fmt.Errorf("%s: %w", name, err)}
+	}
+	a := l.Attrs()
+	ifi := &net.Interface{Index: a.Index, MTU: a.MTU, Name: a.Name, HardwareAddr: a.HardwareAddr}
+	for _, f := range []struct {
+		link net.Flags
+		raw  uint32
+	}{{net.FlagUp, unix.IFF_UP}, {net.FlagBroadcast, unix.IFF_BROADCAST}, {net.FlagLoopback, unix.IFF_LOOPBACK},
+		{net.FlagPointToPoint, unix.IFF_POINTOPOINT}, {net.FlagMulticast, unix.IFF_MULTICAST}, {net.FlagRunning, unix.IFF_RUNNING}} {
+		if a.RawFlags&f.raw != 0 {
+			ifi.Flags |= f.link
+		}
+	}
+	return ifi, nil
 }

@@ -8,6 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,7 +22,7 @@ import (
 
 func main() {
 	root := &cobra.Command{Use: "labctl", Short: "clusterip's lab harness (tests and benchmarks only)", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(serveCommand(), loadCommand(), latencyCommand(), benchCommand(), benchFailoverCommand())
+	root.AddCommand(serveCommand(), loadCommand(), latencyCommand(), benchCommand(), benchFailoverCommand(), benchScaleCommand(), blastCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "labctl:", err)
 		os.Exit(1)
@@ -148,5 +150,63 @@ func benchFailoverCommand() *cobra.Command {
 		return lab.BenchFailover(ctx, cmd.OutOrStdout(), *clusterctl, datapath)
 	}
 	cmd.Flags().StringVar(&datapath, "datapath", "auto", "the daemons' --datapath")
+	return cmd
+}
+
+func benchScaleCommand() *cobra.Command {
+	var counts []int
+	var frames int
+	cmd := &cobra.Command{
+		Use:   "bench-scale",
+		Short: "Measure a daemon with many clusters: start, status, memory, threads, idle and per-frame CPU",
+		Args:  cobra.NoArgs,
+	}
+	clusterctl := clusterctlFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx, stop := signalContext()
+		defer stop()
+		return lab.BenchScale(ctx, cmd.OutOrStdout(), *clusterctl, counts, frames)
+	}
+	cmd.Flags().IntSliceVar(&counts, "clusters", []int{1, 100, 1000}, "numbers of clusters to measure")
+	cmd.Flags().IntVar(&frames, "frames", 1000000, "frames to flood per measurement")
+	return cmd
+}
+
+func blastCommand() *cobra.Command {
+	var iface, dstMAC, src, dst string
+	var sport, dport uint16
+	var count int
+	cmd := &cobra.Command{
+		Use:   "blast",
+		Short: "Send one UDP datagram many times as raw frames; print the CPU seconds it took",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mac, err := net.ParseMAC(dstMAC)
+			if err != nil {
+				return err
+			}
+			s, err := netip.ParseAddr(src)
+			if err != nil {
+				return err
+			}
+			d, err := netip.ParseAddr(dst)
+			if err != nil {
+				return err
+			}
+			cpu, err := lab.Blast(iface, mac, s, d, sport, dport, count)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%.3f\n", cpu.Seconds())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&iface, "iface", "eth0", "interface to send on")
+	cmd.Flags().StringVar(&dstMAC, "dst-mac", "", "destination MAC")
+	cmd.Flags().StringVar(&src, "src", "", "source IPv4 address")
+	cmd.Flags().StringVar(&dst, "dst", "", "destination IPv4 address")
+	cmd.Flags().Uint16Var(&sport, "sport", 20000, "source port")
+	cmd.Flags().Uint16Var(&dport, "dport", 9, "destination port")
+	cmd.Flags().IntVar(&count, "count", 1000000, "frames to send")
 	return cmd
 }

@@ -1,0 +1,244 @@
+package lab
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/daemon"
+)
+
+// scaleVIP is the i-th VIP of the scale benchmark: the lab's VIP first,
+// then addresses of 10.64.0.0/10, which nothing in the lab uses.
+func scaleVIP(i int) netip.Addr {
+	if i == 0 {
+		return VIP
+	}
+	return netip.AddrFrom4([4]byte{10, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+}
+
+// vipScaleResult is what BenchScale measures of one daemon.
+type vipScaleResult struct {
+	clusters          int
+	ready, status     time.Duration
+	rssMB             float64
+	fds, threads      int
+	idleCPU           float64 // seconds of CPU per second, at rest
+	pathCPUPerMframe  float64 // the sender's CPU per million frames: the kernel's whole path on a veth lab
+	daemonCPUPerMfram float64 // both daemons' CPU per million frames
+	stop              time.Duration
+}
+
+// BenchScale measures a daemon with each of counts clusters on one
+// interface: time from start to ready, time for status, RSS, file
+// descriptors, threads and CPU at rest, how long SIGTERM takes, and what a
+// flood of frames to one cluster's MAC costs, frames whose number the other
+// node serves (so that this node's programs judge each and leave it). In a
+// lab of veths the receiving side's kernel work runs in the sender's
+// context, so the sender's CPU time is the whole path's; its growth with
+// the number of clusters is the per-frame cost of having them.
+func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts []int, frames int) error {
+	tool, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var results []vipScaleResult
+	base, err := benchScaleOne(ctx, clusterctl, tool, 0, frames)
+	if err != nil {
+		return fmt.Errorf("no clusters: %w", err)
+	}
+	for _, n := range counts {
+		r, err := benchScaleOne(ctx, clusterctl, tool, n, frames)
+		if err != nil {
+			return fmt.Errorf("%d clusters: %w", n, err)
+		}
+		results = append(results, r)
+	}
+	fmt.Fprintf(w, "Many VIPs: one daemon per node, 2 nodes, N IPv4 clusters on eth0 (kernel path), %d frames flooded to one cluster's MAC\n", frames)
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %14s %14s %9s\n", "clusters", "ready", "status", "RSS MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop")
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %13.3fs %14s %9s\n", "none", "", "", "", "", "", "", base.pathCPUPerMframe, "", "")
+	for _, r := range results {
+		fmt.Fprintf(w, "%-10d %9s %9s %9.1f %6d %8d %9.3fs %13.3fs %13.3fs %9s\n", r.clusters,
+			r.ready.Round(time.Millisecond), r.status.Round(time.Millisecond), r.rssMB, r.fds, r.threads,
+			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond))
+	}
+	return nil
+}
+
+func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) (r vipScaleResult, err error) {
+	r.clusters = n
+	l, err := New(Options{Prefix: "cipscale", Nodes: 2, Exe: clusterctl, Tool: tool})
+	if err != nil {
+		return r, err
+	}
+	defer func() {
+		if cerr := l.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	var procs []*Proc
+	if n > 0 {
+		start := time.Now()
+		for k, h := range l.Nodes {
+			var cfg strings.Builder
+			for i := range n {
+				fmt.Fprintf(&cfg, "new --vip %s --interface eth0 --total-nodes 2 --local-node %d --hashmode sourceip\n", scaleVIP(i), k+1)
+			}
+			path := filepath.Join(l.Dir, h.Name+".conf")
+			if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
+				return r, err
+			}
+			p, err := l.StartDaemon(h, "--config", path)
+			if err != nil {
+				return r, err
+			}
+			procs = append(procs, p)
+		}
+		// Ready: the control socket answers once every cluster of the
+		// config exists.
+		for {
+			if _, err := l.Clusterctl(l.Nodes[0], "status", "--json"); err == nil {
+				break
+			}
+			if procs[0].Exited() || time.Since(start) > 10*time.Minute {
+				return r, fmt.Errorf("daemon not ready: %s", l.Log("daemon-n1"))
+			}
+			if err := ctx.Err(); err != nil {
+				return r, err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		r.ready = time.Since(start)
+		t := time.Now()
+		out, err := l.Clusterctl(l.Nodes[0], "status", "--json")
+		if err != nil {
+			return r, err
+		}
+		r.status = time.Since(t)
+		if got := strings.Count(out, `"vip":`); got < n {
+			return r, fmt.Errorf("status lists %d clusters, want %d", got, n)
+		}
+		pid := procs[0].Cmd.Process.Pid
+		time.Sleep(2 * time.Second) // past the start's work
+		r.rssMB = procRSSMB(pid)
+		r.fds = countDir(fmt.Sprintf("/proc/%d/fd", pid))
+		r.threads = countDir(fmt.Sprintf("/proc/%d/task", pid))
+		c0 := procCPU(pid)
+		time.Sleep(5 * time.Second)
+		r.idleCPU = (procCPU(pid) - c0) / 5
+	}
+	// The flood: UDP to the VIP from a source whose number is n2's, so
+	// that n1's programs judge every frame and leave it.
+	src := ClientAddr
+	for i := 10; i < 250; i++ {
+		a := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+		if node, _ := scaleHash.NodeForPorts(a, 0, 0); node == 2 {
+			src = a
+			break
+		}
+	}
+	var before float64
+	for _, p := range procs {
+		before += procCPU(p.Cmd.Process.Pid)
+	}
+	out, err := l.Run(l.Client, tool, "blast", "--iface", "eth0", "--dst-mac", daemon.DefaultClusterMAC(VIP).String(),
+		"--src", src.String(), "--dst", VIP.String(), "--sport", "20000", "--dport", "9",
+		"--count", strconv.Itoa(frames))
+	if err != nil {
+		return r, err
+	}
+	cpu, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
+	if err != nil {
+		return r, fmt.Errorf("blast: %q", out)
+	}
+	r.pathCPUPerMframe = cpu * 1e6 / float64(frames)
+	var after float64
+	for _, p := range procs {
+		after += procCPU(p.Cmd.Process.Pid)
+	}
+	r.daemonCPUPerMfram = (after - before) * 1e6 / float64(frames)
+	if n > 0 {
+		t := time.Now()
+		if err := procs[0].Stop(syscall.SIGTERM, 5*time.Minute); err != nil {
+			return r, err
+		}
+		r.stop = time.Since(t)
+	}
+	return r, nil
+}
+
+// scaleHash is the hash of the scale benchmark's clusters.
+var scaleHash = hash.Config{Mode: hash.SourceIP, TotalNodes: 2}
+
+func countDir(path string) int {
+	es, err := os.ReadDir(path)
+	if err != nil {
+		return 0
+	}
+	return len(es)
+}
+
+// Blast sends count copies of one UDP datagram from src:sport to
+// dst:dport, in a frame to dstMAC, out of iface, as fast as it can, and
+// returns the CPU time it took (user and system): on a veth, the receiving
+// side's kernel work included.
+func Blast(iface string, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, count int) (time.Duration, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	frame := make([]byte, 14+20+8+18)
+	copy(frame[0:6], dstMAC)
+	copy(frame[6:12], ifi.HardwareAddr)
+	binary.BigEndian.PutUint16(frame[12:14], 0x0800)
+	ip := frame[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:4], uint16(len(frame)-14))
+	ip[8], ip[9] = 64, 17
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:16], s4[:])
+	copy(ip[16:20], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:12], ^uint16(sum))
+	udp := frame[34:]
+	binary.BigEndian.PutUint16(udp[0:2], sport)
+	binary.BigEndian.PutUint16(udp[2:4], dport)
+	binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
+	to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: 0x0008, Halen: 6}
+	copy(to.Addr[:], dstMAC)
+	var before, after unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &before)
+	for range count {
+		if err := unix.Sendto(fd, frame, 0, to); err != nil && err != unix.ENOBUFS {
+			return 0, err
+		}
+	}
+	unix.Getrusage(unix.RUSAGE_SELF, &after)
+	cpu := func(r unix.Rusage) time.Duration {
+		return time.Duration(r.Utime.Nano() + r.Stime.Nano())
+	}
+	return cpu(after) - cpu(before), nil
+}
