@@ -455,3 +455,135 @@ func TestDrainTimeoutEndsKeptConnections(t *testing.T) {
 		t.Errorf("n1 still keeps %d flows after the drain timeout", st.Flows.Kept)
 	}
 }
+
+// udpFlows are connectionless flows from the client to the VIP's echo
+// port, one socket (one source port) each, kept open for the test.
+type udpFlows struct {
+	t     *testing.T
+	socks []*net.UDPConn
+	vip   *net.UDPAddr
+}
+
+func openUDPFlows(t *testing.T, c *cluster, base, count int) *udpFlows {
+	t.Helper()
+	f := &udpFlows{t: t, socks: make([]*net.UDPConn, count), vip: &net.UDPAddr{IP: c.vip.AsSlice(), Port: 7}}
+	t.Cleanup(func() {
+		for _, s := range f.socks {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	err := inNetns(c.Client.NS, func() error {
+		for i := range f.socks {
+			s, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.client.AsSlice(), Port: base + i})
+			if err != nil {
+				return err
+			}
+			f.socks[i] = s
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// exchange sends one datagram on each flow in which and returns, per flow,
+// the names of the nodes that answered it.
+func (f *udpFlows) exchange(which []int) map[int][]string {
+	f.t.Helper()
+	for _, i := range which {
+		if _, err := f.socks[i].WriteTo([]byte("ping"), f.vip); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	out := map[int][]string{}
+	buf := make([]byte, 256)
+	for _, i := range which {
+		s := f.socks[i]
+		s.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, _, err := s.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			out[i] = append(out[i], strings.Fields(string(buf[:n]))[0])
+			s.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+		}
+	}
+	return out
+}
+
+// TestUDPFlowsInKernelPathSurviveDrain: with --peers, a settled number's
+// UDP is answered in the kernel, and a drain and resume break no flow:
+// every datagram is answered exactly once, an active flow by the node that
+// had it, and a flow quiet through the whole handoff once, by whichever
+// node serves it when it speaks again.
+func TestUDPFlowsInKernelPathSurviveDrain(t *testing.T) {
+	c := newFailoverCluster(t, 3, "sourceip-sourceport")
+	n1 := c.Nodes[0]
+	flows := openUDPFlows(t, c, 46000, 24)
+	all, active, quiet := []int{}, []int{}, []int{}
+	for i := range 24 {
+		all = append(all, i)
+		if i%4 == 3 {
+			quiet = append(quiet, i)
+		} else {
+			active = append(active, i)
+		}
+	}
+	before := status(t, c, n1)[0].Packets
+	owner := map[int]string{}
+	for i, names := range flows.exchange(all) {
+		if len(names) != 1 {
+			t.Fatalf("flow %d answered by %v before the drain", i, names)
+		}
+		owner[i] = names[0]
+	}
+	if len(owner) != len(all) {
+		t.Fatalf("%d of %d flows answered", len(owner), len(all))
+	}
+	ofN1 := 0
+	for _, n := range owner {
+		if n == "n1" {
+			ofN1++
+		}
+	}
+	if after := status(t, c, n1)[0].Packets; ofN1 == 0 || after.KernelAnswered-before.KernelAnswered < uint64(ofN1) || after.UserAnswered != before.UserAnswered {
+		t.Errorf("n1's %d UDP flows: %d datagrams through the kernel path, %d through user space; want all in the kernel",
+			ofN1, after.KernelAnswered-before.KernelAnswered, after.UserAnswered-before.UserAnswered)
+	}
+	check := func(when string, got map[int][]string, which []int, same bool) {
+		t.Helper()
+		for _, i := range which {
+			switch names := got[i]; {
+			case len(names) != 1:
+				t.Errorf("%s: flow %d (of %s) answered by %v, want exactly once", when, i, owner[i], names)
+			case same && names[0] != owner[i]:
+				t.Errorf("%s: flow %d moved from %s to %s", when, i, owner[i], names[0])
+			}
+		}
+	}
+	c.ctl(n1, "drain", lab.VIP.String())
+	deadline := time.Now().Add(10 * time.Second)
+	for c.serving(n1) != "" {
+		check("during the drain", flows.exchange(active), active, true)
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 not drained: %s", c.servingAll())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	check("drained", flows.exchange(active), active, true)
+	if t.Failed() {
+		for _, h := range c.Nodes {
+			st := status(t, c, h)[0]
+			t.Logf("%s: serving %v, in the kernel %v, packets %+v, flows %+v, members %+v", h.Name, st.Serving, st.InKernel, st.Packets, st.Flows, st.Members)
+		}
+	}
+	check("drained, quiet flows", flows.exchange(quiet), quiet, false)
+	c.ctl(n1, "resume", lab.VIP.String())
+	c.waitHome()
+	check("resumed", flows.exchange(all), all, false)
+}

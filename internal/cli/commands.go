@@ -128,8 +128,9 @@ SIGINT, restoring the host. SIGHUP (or "clusterctl reload") re-reads --config.`,
 			}
 		}
 		if path := os.Getenv("CLUSTERIP_CPUPROFILE"); path != "" {
-			// For profiling the datapath; written when the daemon stops.
-			f, err := os.Create(path)
+			// For profiling; written when the daemon stops. "%p" is the
+			// daemon's PID, for labs of many daemons.
+			f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
 			if err != nil {
 				return err
 			}

@@ -95,7 +95,7 @@ func newCaptureGroup(key groupKey, ifi *net.Interface, workers int) (*captureGro
 	g.filter, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "cip_capture",
 		Type:         ebpf.SocketFilter,
-		Instructions: program(capturePass, g.vips, nil),
+		Instructions: program(capturePass, g.vips, nil, nil),
 		License:      "Dual MIT/GPL",
 	})
 	if err != nil {

@@ -68,4 +68,24 @@ func (d *Datapath) adoptConnections(numbers nodeset.NodeSet, now int64) {
 		}
 	}
 	d.log.Debug("adopted connections from the socket table", "numbers", numbers.String(), "adopted", adopted)
+	d.adoptKernelFlows(numbers)
+}
+
+// adoptKernelFlows enters into the flow table the connectionless flows of
+// numbers that the kernel path took, with the time of their last packet:
+// when the number leaves the kernel path, user space keeps answering them
+// as if it had seen them all along, a flow quiet through the whole handoff
+// included. Callers hold d.filterMu.
+func (d *Datapath) adoptKernelFlows(numbers nodeset.NodeSet) {
+	if d.kernel == nil || d.kernel.protos != kernelAllRecorded {
+		return
+	}
+	flows, err := d.kernel.flows(numbers)
+	if err != nil {
+		d.log.Error("read the kernel path's flows for the flow table", "err", err)
+	}
+	for _, f := range flows {
+		d.flows.adoptSeen(f.key, f.node, f.lastSeen)
+	}
+	d.log.Debug("adopted flows from the kernel path", "numbers", numbers.String(), "adopted", len(flows))
 }

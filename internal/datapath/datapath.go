@@ -98,12 +98,13 @@ func (p *Policy) settled() nodeset.NodeSet {
 	return p.Serve &^ (p.Guarded | p.Observe | p.Leaving)
 }
 
-// kernelProtocols is what the kernel path may take under p: with flow
-// tracking only TCP, whose connections can be read back from the socket
-// table; connectionless flows are seen only in user space.
+// kernelProtocols is what the kernel path may take under p: everything but
+// ICMP, and with flow tracking it records the connectionless flows it
+// takes, so that they can be read back as TCP connections are from the
+// socket table.
 func (p *Policy) kernelProtocols() kernelProtos {
 	if p.Track {
-		return kernelTCPOnly
+		return kernelAllRecorded
 	}
 	return kernelAllButICMP
 }

@@ -57,7 +57,7 @@ func ownershipVM(t testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Co
 	if err := maps.put(vip, newVIPEntry(vip, mac, cfg, pass)); err != nil {
 		t.Fatal(err)
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: program(capturePass, maps, nil), License: "Dual MIT/GPL"})
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, Instructions: program(capturePass, maps, nil, nil), License: "Dual MIT/GPL"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -297,6 +297,23 @@ func (t *flowTable) adopt(k flowKey, node uint8, closing, opened bool, now int64
 	return t.addLocked(s, k, flow{created: now, lastSeen: now, node: node, closing: closing, opened: opened, adopted: true})
 }
 
+// adoptSeen records a connectionless flow the kernel path took, last seen
+// at lastSeen: as if user space had seen its packets, so it may give way to
+// other flows like any flow seen only in packets.
+func (t *flowTable) adoptSeen(k flowKey, node uint8, lastSeen int64) bool {
+	s := t.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.m[k]; ok {
+		if !e.foreign && lastSeen > e.lastSeen {
+			e.lastSeen = lastSeen
+			s.m[k] = e
+		}
+		return !e.foreign
+	}
+	return t.addLocked(s, k, flow{created: lastSeen, lastSeen: lastSeen, node: node, opened: true})
+}
+
 // kept returns the flows of number node that this node keeps after giving
 // the number up and that the receiving node may have seen start during the
 // handoff: every connectionless one active since cutoff, and every TCP
@@ -338,6 +355,19 @@ func (t *flowTable) kept(node uint8, cutoff int64, max int) (ids []FlowID, compl
 // become this node's and their packets are returned to be answered now,
 // and the rest are forgotten, to be judged afresh.
 func (t *flowTable) settle(node uint8, theirs map[FlowID]bool, now int64) (answer [][]byte) {
+	// What the release lists is the other node's even if this node never
+	// saw it: it may have begun before this node started observing (the
+	// other node's state was on its way), and a connectionless flow's
+	// next packet would look new.
+	for id := range theirs {
+		k := flowKey{src: id.Src, sport: id.SPort, dport: id.DPort, proto: id.Proto}
+		s := t.shard(k)
+		s.mu.Lock()
+		if _, ok := s.m[k]; !ok {
+			t.addLocked(s, k, flow{created: now, lastSeen: now, node: node, foreign: true, opened: true})
+		}
+		s.mu.Unlock()
+	}
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()

@@ -393,3 +393,28 @@ func TestKeptListCompleteness(t *testing.T) {
 		t.Fatal("complete although flows found no room since the cutoff")
 	}
 }
+
+// A release lists a connectionless flow the receiver never saw (it began
+// before the receiver learned of the handoff): the receiver must leave it
+// to the node that keeps it while that node keeps the number, rather than
+// take its next packet for a new flow and answer it too.
+func TestSettleKeepsListedFlowsNeverSeen(t *testing.T) {
+	r := newJudgeRig(t, 1024)
+	quiet := udp(5000, 1)
+	r.set(Policy{Serve: 1, Guarded: 1}, 1)
+	if got := r.flows.settle(1, map[FlowID]bool{quiet.key.id(): true}, 2); len(got) != 0 {
+		t.Fatalf("settle answered %d held packets, none were held", len(got))
+	}
+	if v := r.judge(quiet, 3); v != verdictDrop {
+		t.Errorf("a listed flow, the other node keeping the number: %v, want drop", v)
+	}
+	if v := r.judge(udp(5001, 1), 3); v != verdictAnswer {
+		t.Errorf("an unlisted new flow: %v, want answer", v)
+	}
+	// Once the other node keeps nothing of the number, the flow is this
+	// node's like any other.
+	r.set(Policy{Serve: 1}, 4)
+	if v := r.judge(quiet, 5); v != verdictAnswer {
+		t.Errorf("the listed flow after the other node let go: %v, want answer", v)
+	}
+}

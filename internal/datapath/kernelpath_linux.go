@@ -1,17 +1,20 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/clusterip/clusterip/hash"
 	"github.com/clusterip/clusterip/nodeset"
+	"golang.org/x/sys/unix"
 )
 
 // The kernel path serves clusters' settled numbers inside the kernel: one
@@ -22,10 +25,11 @@ import (
 // the TAP), the way the nftables recipe's `meta pkttype set host` does.
 // Such a frame never reaches user space; the capture filter leaves it out.
 //
-// What needs judging stays in user space: ARP, fragments, ICMP, numbers in a
-// handoff, and, with flow tracking, everything but TCP (TCP connections can
-// be read back from the socket table when a number leaves the kernel path;
-// connectionless flows cannot).
+// What needs judging stays in user space: ARP, fragments, ICMP and numbers
+// in a handoff. With flow tracking, user space must know every connection
+// of a number that leaves the kernel path: TCP connections are read back
+// from the socket table, and the connectionless flows the kernel path took
+// from its flow map (an LRU hash it records them in).
 //
 // The program is attached through a BPF link owned by this process: if the
 // daemon dies, the kernel detaches it, and the node stops answering at once
@@ -38,8 +42,9 @@ import (
 type kernelProtos uint8
 
 const (
-	kernelTCPOnly    kernelProtos = iota // with flow tracking
-	kernelAllButICMP                     // without: every answer is the hash's
+	kernelTCPOnly     kernelProtos = iota // TCP alone
+	kernelAllButICMP                      // without flow tracking: every answer is the hash's
+	kernelAllRecorded                     // with flow tracking: connectionless flows recorded in the flow map
 )
 
 // takes reports whether a protocol is one the kernel path may take.
@@ -60,6 +65,7 @@ const (
 type ifaceProgram struct {
 	vips     vipMaps
 	counters *ebpf.Map // per-CPU count of frames taken, per slot
+	flows    *ebpf.Map // the connectionless flows taken (flowMapKey)
 	prog     *ebpf.Program
 	link     link.Link
 
@@ -86,10 +92,15 @@ func newIfaceProgram() (*ifaceProgram, error) {
 		ip.close()
 		return nil, fmt.Errorf("kernel path: counters: %w", err)
 	}
+	ip.flows, err = ebpf.NewMap(&ebpf.MapSpec{Name: "cip_flows", Type: ebpf.LRUHash, KeySize: flowMapKeyLen, ValueSize: flowMapValueLen, MaxEntries: maxKernelFlows})
+	if err != nil {
+		ip.close()
+		return nil, fmt.Errorf("kernel path: flow map: %w", err)
+	}
 	ip.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "cip_ingress",
 		Type:         ebpf.SchedCLS,
-		Instructions: program(kernelTake, ip.vips, ip.counters),
+		Instructions: program(kernelTake, ip.vips, ip.counters, ip.flows),
 		License:      "Dual MIT/GPL",
 	})
 	if err != nil {
@@ -107,8 +118,10 @@ func (ip *ifaceProgram) close() error {
 	if ip.prog != nil {
 		errs = append(errs, ip.prog.Close())
 	}
-	if ip.counters != nil {
-		errs = append(errs, ip.counters.Close())
+	for _, m := range []*ebpf.Map{ip.counters, ip.flows} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
 	}
 	return errors.Join(append(errs, ip.vips.close())...)
 }
@@ -199,8 +212,11 @@ func (k *kernelPath) update(set nodeset.NodeSet, protos kernelProtos) error {
 	} else {
 		e := newVIPEntry(k.vip, k.mac, k.hash, set)
 		e.Slot = k.slot
-		if protos == kernelTCPOnly {
+		switch protos {
+		case kernelTCPOnly:
 			e.Flags |= entryTCPOnly
+		case kernelAllRecorded:
+			e.Flags |= entryRecordFlows
 		}
 		err = k.iface.vips.put(k.vip, e)
 	}
@@ -233,4 +249,44 @@ func (k *kernelPath) close() error {
 	k.iface.release()
 	attached.Unlock()
 	return err
+}
+
+// kernelFlow is a connectionless flow the kernel path took.
+type kernelFlow struct {
+	key      flowKey
+	node     uint8
+	lastSeen int64 // Unix nanoseconds
+}
+
+// flows returns the connectionless flows the kernel path took for this
+// cluster whose number is in numbers. The flow map keeps the time of the
+// last packet on the monotonic clock; it is turned into the flow table's.
+func (k *kernelPath) flows(numbers nodeset.NodeSet) ([]kernelFlow, error) {
+	var mono unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
+		return nil, err
+	}
+	offset := time.Now().UnixNano() - mono.Nano()
+	var out []kernelFlow
+	key, value := make([]byte, flowMapKeyLen), make([]byte, flowMapValueLen)
+	it := k.iface.flows.Iterate()
+	for it.Next(&key, &value) {
+		if binary.NativeEndian.Uint32(key[flowKeySlot:]) != k.slot {
+			continue
+		}
+		node := value[flowValueNode]
+		if !numbers.Contains(int(node)) {
+			continue
+		}
+		f := kernelFlow{node: node, lastSeen: int64(binary.NativeEndian.Uint64(value[flowValueSeen:])) + offset}
+		copy(f.key.src[:], key[flowKeySrc:flowKeySrc+16])
+		f.key.sport = binary.LittleEndian.Uint16(key[flowKeyPorts:])
+		f.key.dport = binary.LittleEndian.Uint16(key[flowKeyPorts+2:])
+		f.key.proto = key[flowKeyProto]
+		out = append(out, f)
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("kernel path: read flow map: %w", err)
+	}
+	return out, nil
 }

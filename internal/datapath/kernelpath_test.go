@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -252,7 +253,7 @@ func TestKernelPathManyVIPs(t *testing.T) {
 		mac := net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, byte(i >> 8), byte(i)}
 		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
 		c := &cluster{cfg: cfg, mac: mac}
-		c.k = addTestCluster(t, ip, vip, mac, cfg, nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(2)))
+		c.k = addTestCluster(t, ip, vip, mac, cfg, nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3)))
 		clusters = append(clusters, c)
 	}
 	frame := func(c *cluster, mac net.HardwareAddr, i int) ([]byte, int, uint8) {
@@ -313,7 +314,7 @@ func TestKernelPathManyVIPs(t *testing.T) {
 		// New numbers for a third of the clusters, one update each.
 		for _, c := range clusters[round%3:] {
 			all := nodeset.NodeSet(1)<<c.cfg.TotalNodes - 1
-			if err := c.k.update(nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(2))); err != nil {
+			if err := c.k.update(nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3))); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -411,6 +412,86 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 			if take(frame) {
 				t.Fatalf("cfg %+v kernel %s: took % x", cfg, kernel, frame)
 			}
+		}
+	}
+}
+
+// TestKernelPathRecordsFlows: with flow tracking the kernel path records
+// each connectionless flow it takes, keyed as the flow table keys it (the
+// client's address mapped, the raw ports hash.Config.RawPorts reads), with
+// its number and the time of its last packet; TCP, and what it leaves, it
+// does not record.
+func TestKernelPathRecordsFlows(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF needs root")
+	}
+	for _, fam := range []struct {
+		vip netip.Addr
+		mac net.HardwareAddr
+		cfg hash.Config
+	}{
+		{testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 2, Seed: 3}},
+		{testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIP, TotalNodes: 2, Seed: 3, Compat: hash.NFTables}},
+		{testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePortDestPort, TotalNodes: 2, Seed: 3, Compat: hash.NFTables}},
+	} {
+		ip := testIfaceProgram(t)
+		k := addTestCluster(t, ip, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelAllRecorded)
+		// Another cluster's flows are its own.
+		other := addTestCluster(t, ip, fillerVIP(fam.vip, 9), fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1).Add(2), kernelAllRecorded)
+		o := Owner{Hash: fam.cfg}
+		want := map[flowKey]uint8{}
+		start := time.Now().UnixNano()
+		rng := rand.New(rand.NewPCG(5, 5))
+		for i := range 300 {
+			proto, l4 := testL4(i%9, uint16(rng.Uint32()), uint16(rng.Uint32()), rng.Uint32())
+			var ipb []byte
+			var p ipPacket
+			typ := uint16(etherTypeIPv4)
+			if fam.vip.Is6() {
+				if proto == protoICMP || proto == testAH {
+					continue
+				}
+				src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 1, 15: byte(rng.Uint32())})
+				ipb, typ = mkIPv6(src.String(), fam.vip.String(), nil, proto, l4), etherTypeIPv6
+				parseIPv6(ipb, &p)
+			} else {
+				src := netip.AddrFrom4([4]byte{198, 51, 100, byte(rng.Uint32())})
+				ipb = mkIPv4(testIPHdr{src: src.String(), dst: fam.vip.String(), proto: proto}, l4)
+				parseIPv4(ipb, &p)
+			}
+			ret, err := ip.prog.Run(&ebpf.RunOptions{Data: mkEther(fam.mac, testClientMAC, typ, ipb)})
+			if err != nil || int32(ret) != tcxNext {
+				t.Fatalf("run: %d, %v", int32(ret), err)
+			}
+			f := o.flow(&p)
+			if f.node == 1 && proto != protoTCP && proto != protoICMP {
+				want[f.key] = uint8(f.node)
+			}
+		}
+		got, err := k.flows(nodeset.NodeSet(0).Add(1).Add(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now().UnixNano()
+		seen := map[flowKey]bool{}
+		for _, f := range got {
+			node, ok := want[f.key]
+			if !ok || node != f.node {
+				t.Errorf("%s: recorded %+v, not a flow taken (want %v)", fam.vip, f, ok)
+			}
+			if f.lastSeen < start-int64(time.Millisecond) || f.lastSeen > now+int64(time.Millisecond) {
+				t.Errorf("%s: flow last seen %s from now", fam.vip, time.Duration(now-f.lastSeen))
+			}
+			seen[f.key] = true
+		}
+		if len(seen) != len(want) || len(want) < 20 {
+			t.Errorf("%s: %d flows recorded, want %d", fam.vip, len(seen), len(want))
+		}
+		if none, _ := k.flows(nodeset.NodeSet(0).Add(2)); len(none) != 0 {
+			t.Errorf("%s: %d flows of number 2, which it does not take", fam.vip, len(none))
+		}
+		if theirs, _ := other.flows(nodeset.NodeSet(0).Add(1).Add(2)); len(theirs) != 0 {
+			t.Errorf("%s: another cluster sees %d of its flows", fam.vip, len(theirs))
 		}
 	}
 }

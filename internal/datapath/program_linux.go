@@ -46,7 +46,7 @@ const maxVIPs = 8192
 type vipEntry struct {
 	MAC   [6]byte
 	Words uint8 // 1: source address; 2: and source port; 3: and destination port
-	Flags uint8 // entryNFTables, entryTCPOnly
+	Flags uint8 // entryNFTables, entryTCPOnly, entryRecordFlows
 	Set   uint64
 	Total uint32
 	IV    uint32 // jhash's initial value
@@ -66,6 +66,30 @@ const (
 
 	entryNFTables = 1 << 0 // IPv4: hash the address as loaded and every protocol's first four bytes
 	entryTCPOnly  = 1 << 1 // kernel path: take TCP only
+	// entryRecordFlows: the kernel path records the connectionless flows
+	// it takes in its flow map (see flowMapKey).
+	entryRecordFlows = 1 << 2
+)
+
+// The kernel path's flow map: an LRU hash of the connectionless flows it
+// took, so that when a number leaves it, user space learns the flows it
+// must keep answering (see Datapath.adoptKernelFlows), as it learns TCP
+// connections from the socket table. The key is the cluster's slot, the
+// client's address (IPv4 mapped into IPv6), the raw ports (as the flow table
+// keys them) and the protocol; the value is when the flow was last taken
+// (CLOCK_MONOTONIC) and its number.
+const (
+	flowMapKeyLen   = 32
+	flowMapValueLen = 16
+	flowKeySlot     = 0
+	flowKeySrc      = 4
+	flowKeyPorts    = 20
+	flowKeyProto    = 24
+	flowValueSeen   = 0
+	flowValueNode   = 8
+	// maxKernelFlows bounds the flow map of an interface: past it, the
+	// least recently taken flows go first.
+	maxKernelFlows = 1 << 16
 )
 
 // newVIPEntry is the map value for a cluster whose numbers in set the
@@ -174,12 +198,14 @@ const (
 // ports, the counter's key, the cluster's map value and an address looked
 // up (an ARP or neighbour solicitation target).
 const (
-	stackMAC    = -8  // 6 bytes
-	stackIP     = -48 // 40 bytes
-	stackPorts  = -56 // 4 bytes
-	stackKey    = -60 // the counter's key
-	stackEntry  = -72 // the pointer to the cluster's vipEntry
-	stackTarget = -88 // 16 bytes
+	stackMAC    = -8   // 6 bytes
+	stackIP     = -48  // 40 bytes
+	stackPorts  = -56  // 4 bytes
+	stackKey    = -60  // the counter's key
+	stackEntry  = -72  // the pointer to the cluster's vipEntry
+	stackTarget = -88  // 16 bytes
+	stackFlow   = -120 // the flow map's key, 32 bytes
+	stackSeen   = -136 // and its value, 16 bytes
 
 	stackDst4 = stackIP + 16 // the IPv4 destination: the key of vips4
 	stackDst6 = stackIP + 24 // the IPv6 destination: the key of vips6
@@ -193,13 +219,13 @@ const (
 )
 
 // program builds a program of kind over the VIP maps (counters: the kernel
-// path's per-slot counts).
+// path's per-slot counts; flows: its flow map).
 //
 // Registers: R6 the skb; R7 the IP header's length (IPv4) or next header
 // (IPv6); R8 the protocol; R9 the source address (IPv4); the hash uses
 // R1-R5 once no more helpers are called. The cluster's entry is kept on
 // the stack, since helpers clobber R0-R5.
-func program(kind programKind, maps vipMaps, counters *ebpf.Map) asm.Instructions {
+func program(kind programKind, maps vipMaps, counters, flows *ebpf.Map) asm.Instructions {
 	g := progGen{kind: kind, notOurs: labelNext, userSpace: labelNext}
 	if kind == capturePass {
 		g.notOurs, g.userSpace = labelDrop, labelAccept
@@ -223,7 +249,7 @@ func program(kind programKind, maps vipMaps, counters *ebpf.Map) asm.Instruction
 		p = append(p, g.arp(maps.v4)...)
 		return append(p, g.pass()...)
 	}
-	return append(p, g.take(counters.FD())...)
+	return append(p, g.take(counters.FD(), flows.FD())...)
 }
 
 // be16 is an EtherType as skb->protocol holds it, loaded as a word.
@@ -380,7 +406,11 @@ func (g progGen) ipv4(v4 *ebpf.Map) asm.Instructions {
 		asm.Add.Reg32(c, t),
 	)
 	p = append(p, jhashFinalInsns(abc, t, u)...)
-	return append(p, asm.Ja.Label("number"))
+	return append(p,
+		asm.Mov.Reg(asm.R9, asm.R7), // the transport header's offset, for take
+		asm.Add.Imm(asm.R9, ethHdrLen),
+		asm.Ja.Label("number"),
+	)
 }
 
 // zeroUnhashedPorts clears the destination port unless the entry's mode
@@ -487,7 +517,11 @@ func (g progGen) ipv6(v6 *ebpf.Map) asm.Instructions {
 		asm.Add.Reg32(c, t),
 	)
 	p = append(p, jhashFinalInsns(abc, t, u)...)
-	return append(p, asm.Ja.Label("number"))
+	return append(p,
+		asm.Mov.Reg(asm.R8, asm.R7),               // the protocol and
+		asm.Mov.Imm(asm.R9, ethHdrLen+ipv6HdrLen), // the transport header's offset, for take
+		asm.Ja.Label("number"),
+	)
 }
 
 // number tests whether the hash in R3 falls in the range of a number in the
@@ -507,11 +541,14 @@ func (g progGen) number(no string) asm.Instructions {
 }
 
 // take ends the kernel path: a frame whose number the entry holds becomes
-// the host's and is counted in the entry's slot; every frame then goes on
-// (TCX_NEXT).
-func (g progGen) take(countersFD int) asm.Instructions {
+// the host's and is counted in the entry's slot, and, if the entry says
+// so, its flow is recorded unless it is TCP; every frame then goes on
+// (TCX_NEXT). R8 holds the protocol, R9 the transport header's offset.
+func (g progGen) take(countersFD, flowsFD int) asm.Instructions {
 	p := g.number(labelNext)
-	return append(p,
+	p = append(p,
+		asm.Add.Imm(asm.R2, 1),
+		asm.StoreMem(asm.RFP, stackSeen+flowValueNode, asm.R2, asm.DWord), // the number; the rest zero
 		asm.LoadMem(asm.R1, asm.R0, entrySlot, asm.Word),
 		asm.StoreMem(asm.RFP, stackKey, asm.R1, asm.Word),
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -521,13 +558,81 @@ func (g progGen) take(countersFD int) asm.Instructions {
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stackKey),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, labelNext),
+		asm.JEq.Imm(asm.R0, 0, "record"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
 		asm.Add.Imm(asm.R1, 1),
 		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.LoadMem(asm.R0, asm.RFP, stackEntry, asm.DWord).WithSymbol("record"),
+		asm.LoadMem(asm.R1, asm.R0, entryFlags, asm.Byte),
+		asm.JSet.Imm(asm.R1, entryRecordFlows, "record-flow"),
+		asm.Ja.Label(labelNext),
+		asm.JEq.Imm(asm.R8, protoTCP, labelNext).WithSymbol("record-flow"),
+		// The key: slot, client address, raw ports, protocol.
+		asm.LoadMem(asm.R1, asm.R0, entrySlot, asm.Word),
+		asm.StoreMem(asm.RFP, stackFlow+flowKeySlot, asm.R1, asm.Word),
+		asm.StoreImm(asm.RFP, stackFlow+flowKeyProto, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stackFlow+flowKeyProto+4, 0, asm.Word),
+		asm.StoreMem(asm.RFP, stackFlow+flowKeyProto, asm.R8, asm.Byte),
+		asm.LoadMem(asm.R2, asm.R6, skbProtocol, asm.Word),
+		asm.JEq.Imm(asm.R2, be16(etherTypeIPv6), "record-src6"),
+		// IPv4, mapped: ::ffff:a.b.c.d.
+		asm.StoreImm(asm.RFP, stackFlow+flowKeySrc, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stackFlow+flowKeySrc+4, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stackFlow+flowKeySrc+8, int64(le32([]byte{0, 0, 0xff, 0xff})), asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, stackIP+12, asm.Word),
+		asm.StoreMem(asm.RFP, stackFlow+flowKeySrc+12, asm.R2, asm.Word),
+		asm.Ja.Label("record-ports"),
+	)
+	for i := int16(0); i < 4; i++ {
+		ins := asm.LoadMem(asm.R2, asm.RFP, stackIP+8+4*i, asm.Word)
+		if i == 0 {
+			ins = ins.WithSymbol("record-src6")
+		}
+		p = append(p, ins, asm.StoreMem(asm.RFP, stackFlow+flowKeySrc+4*i, asm.R2, asm.Word))
+	}
+	// The raw ports where the flow table reads them (hash.Config.RawPorts):
+	// every protocol's first four bytes for the nftables hash, else at
+	// the protocol's ports offset; zeros for a protocol without ports or a
+	// header too short for them (a failed load zeroes its buffer).
+	p = append(p,
+		asm.StoreImm(asm.RFP, stackFlow+flowKeyPorts, 0, asm.Word).WithSymbol("record-ports"),
+		asm.LoadMem(asm.R1, asm.R0, entryFlags, asm.Byte),
+		asm.Mov.Reg(asm.R2, asm.R9),
+		asm.JSet.Imm(asm.R1, entryNFTables, "record-load"),
+	)
+	for proto := 0; proto < 256; proto++ {
+		off := hash.PortsOffset(uint8(proto))
+		if off < 0 || proto == protoTCP {
+			continue
+		}
+		skip := fmt.Sprintf("record-notproto%d", proto)
+		p = append(p,
+			asm.JNE.Imm(asm.R8, int32(proto), skip),
+			asm.Add.Imm(asm.R2, int32(off)),
+			asm.Ja.Label("record-load"),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
+		)
+	}
+	p = append(p,
+		asm.Ja.Label("record-update"),
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("record-load"),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, stackFlow+flowKeyPorts),
+		asm.Mov.Imm(asm.R4, 4),
+		asm.FnSkbLoadBytes.Call(),
+		asm.FnKtimeGetNs.Call().WithSymbol("record-update"),
+		asm.StoreMem(asm.RFP, stackSeen+flowValueSeen, asm.R0, asm.DWord),
+		asm.LoadMapPtr(asm.R1, flowsFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stackFlow),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, stackSeen),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnMapUpdateElem.Call(),
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol(labelNext),
 		asm.Return(),
 	)
+	return p
 }
 
 // pass ends the capture filter: a frame whose number the entry holds goes

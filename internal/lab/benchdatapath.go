@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -120,13 +121,24 @@ type benchFamily struct {
 func (l *Lab) benchFamily(ctx context.Context, w io.Writer, f benchFamily, dur time.Duration, workers int, results map[string]*benchResult) error {
 	host := netip.PrefixFrom(f.vip, f.vip.BitLen()).String()
 	daemons := map[string]*Proc{}
-	daemonSetup := func(name, datapath string) benchSetup {
+	key := filepath.Join(l.Dir, "gossip.key")
+	if _, err := os.Stat(key); err != nil {
+		if _, err := l.Run(l.Client, l.Exe, "genkey", key); err != nil {
+			return err
+		}
+	}
+	var addrs []string
+	for _, h := range l.Nodes {
+		addrs = append(addrs, h.Addr.String())
+	}
+	peers := strings.Join(addrs, ",")
+	daemonSetup := func(name, datapath string, extra ...string) benchSetup {
 		return benchSetup{name, func() error {
 			for i, h := range l.Nodes {
 				if dir := os.Getenv("CIP_BENCH_PROFILE"); dir != "" {
 					l.DaemonEnv = []string{"CLUSTERIP_CPUPROFILE=" + dir + "/cip-" + f.name + "-" + name + "-" + h.Name + ".prof"}
 				}
-				p, err := l.StartDaemon(h, "--workers", strconv.Itoa(workers), "--datapath", datapath)
+				p, err := l.StartDaemon(h, append([]string{"--workers", strconv.Itoa(workers), "--datapath", datapath}, extra...)...)
 				if err != nil {
 					return err
 				}
@@ -136,7 +148,11 @@ func (l *Lab) benchFamily(ctx context.Context, w io.Writer, f benchFamily, dur t
 					return err
 				}
 			}
-			return nil
+			if len(extra) == 0 {
+				return nil
+			}
+			// With --peers the numbers come from the failover loop.
+			return waitNumbers(ctx, l, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 30*time.Second)
 		}, func() error {
 			for _, p := range daemons {
 				p.Stop(syscall.SIGTERM, 5*time.Second)
@@ -173,6 +189,8 @@ func (l *Lab) benchFamily(ctx context.Context, w io.Writer, f benchFamily, dur t
 		}},
 		daemonSetup("daemon", "auto"),
 		daemonSetup("user", "user"),
+		// Automatic failover: flows tracked, UDP in the kernel all the same.
+		daemonSetup("peers", "auto", "--peers", peers, "--gossip-key", key),
 	}
 	for _, s := range setups {
 		fmt.Fprintf(w, "measuring %s %s...\n", f.name, s.name)
@@ -374,7 +392,7 @@ func procRSSMB(pid int) float64 {
 }
 
 func printBench(w io.Writer, family string, r map[string]*benchResult) {
-	d, k, x, u := r["direct"], r["kernel"], r["daemon"], r["user"]
+	d, k, x, u, pe := r["direct"], r["kernel"], r["daemon"], r["user"], r["peers"]
 	row := func(name string, get func(*benchResult) float64, format string, lowerBetter bool) {
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
@@ -385,23 +403,24 @@ func printBench(w io.Writer, family string, r map[string]*benchResult) {
 			}
 			return fmt.Sprintf("%.2f", a/b)
 		}
-		fmt.Fprintf(w, "%-38s %9s %9s %9s %9s %14s %14s %12s\n", name,
-			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)), fmt.Sprintf(format, get(u)),
-			ratio(get(x), get(k)), ratio(get(x), get(d)), ratio(get(u), get(k)))
+		fmt.Fprintf(w, "%-38s %9s %9s %9s %9s %9s %14s %14s %12s %13s\n", name,
+			fmt.Sprintf(format, get(d)), fmt.Sprintf(format, get(k)), fmt.Sprintf(format, get(x)), fmt.Sprintf(format, get(u)), fmt.Sprintf(format, get(pe)),
+			ratio(get(x), get(k)), ratio(get(x), get(d)), ratio(get(u), get(k)), ratio(get(pe), get(k)))
 	}
-	fmt.Fprintf(w, "\n%-38s %9s %9s %9s %9s %14s %14s %12s\n", family, "direct", "kernel", "daemon", "user", "daemon/kernel", "daemon/direct", "user/kernel")
+	fmt.Fprintf(w, "\n%-38s %9s %9s %9s %9s %9s %14s %14s %12s %13s\n", family, "direct", "kernel", "daemon", "user", "peers", "daemon/kernel", "daemon/direct", "user/kernel", "peers/kernel")
 	row("new connections/s (wrk, close)", func(r *benchResult) float64 { return r.connRate }, "%.0f", false)
 	row("latency p50 ms (500 conn/s)", func(r *benchResult) float64 { return r.p50 }, "%.3f", true)
 	row("latency p99 ms (500 conn/s)", func(r *benchResult) float64 { return r.p99 }, "%.3f", true)
 	row("TCP 1 stream Gbit/s (iperf3)", func(r *benchResult) float64 { return r.tcp1 }, "%.2f", false)
 	row("TCP 4 streams Gbit/s (iperf3 -P4)", func(r *benchResult) float64 { return r.tcp4 }, "%.2f", false)
 	row("UDP 64B datagrams/s recv (195k/s sent)", func(r *benchResult) float64 { return r.udpPPS }, "%.0f", false)
-	fmt.Fprintf(w, "(daemon: --datapath auto, the default; user: --datapath user. Latency ratios are kernel/daemon,\n")
+	fmt.Fprintf(w, "(daemon: --datapath auto, the default; user: --datapath user; peers: the default with --peers,\n")
+	fmt.Fprintf(w, "automatic failover and its flow tracking. Latency ratios are kernel/daemon,\n")
 	fmt.Fprintf(w, "so for every ratio above 1 means the daemon is faster)\n")
 	for _, v := range []struct {
 		name string
 		r    *benchResult
-	}{{"daemon", x}, {"user", u}} {
+	}{{"daemon", x}, {"user", u}, {"peers", pe}} {
 		fmt.Fprintln(w)
 		keys := make([]string, 0, len(v.r.cpuPerMpkt))
 		for k := range v.r.cpuPerMpkt {

@@ -50,6 +50,9 @@ type vipScaleResult struct {
 // context, so the sender's CPU time is the whole path's; its growth with
 // the number of clusters is the per-frame cost of having them.
 func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts []int, frames int) error {
+	if len(counts) == 0 {
+		return nil
+	}
 	tool, err := os.Executable()
 	if err != nil {
 		return err
@@ -79,6 +82,7 @@ func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts []in
 
 func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) (r vipScaleResult, err error) {
 	r.clusters = n
+	var idleAll float64 // both daemons' CPU at rest, seconds a second
 	l, err := New(Options{Prefix: "cipscale", Nodes: 2, Exe: clusterctl, Tool: tool})
 	if err != nil {
 		return r, err
@@ -136,8 +140,16 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 		r.fds = countDir(fmt.Sprintf("/proc/%d/fd", pid))
 		r.threads = countDir(fmt.Sprintf("/proc/%d/task", pid))
 		c0 := procCPU(pid)
+		var all0 float64
+		for _, p := range procs {
+			all0 += procCPU(p.Cmd.Process.Pid)
+		}
 		time.Sleep(5 * time.Second)
 		r.idleCPU = (procCPU(pid) - c0) / 5
+		for _, p := range procs {
+			idleAll += procCPU(p.Cmd.Process.Pid)
+		}
+		idleAll = (idleAll - all0) / 5
 	}
 	// The flood: UDP to the VIP from a source whose number is n2's, so
 	// that n1's programs judge every frame and leave it.
@@ -153,6 +165,7 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 	for _, p := range procs {
 		before += procCPU(p.Cmd.Process.Pid)
 	}
+	blastStart := time.Now()
 	out, err := l.Run(l.Client, tool, "blast", "--iface", "eth0", "--dst-mac", daemon.DefaultClusterMAC(VIP).String(),
 		"--src", src.String(), "--dst", VIP.String(), "--sport", "20000", "--dport", "9",
 		"--count", strconv.Itoa(frames))
@@ -168,7 +181,9 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 	for _, p := range procs {
 		after += procCPU(p.Cmd.Process.Pid)
 	}
-	r.daemonCPUPerMfram = (after - before) * 1e6 / float64(frames)
+	// What the daemons spent beyond their rest, for the frames.
+	extra := after - before - idleAll*time.Since(blastStart).Seconds()
+	r.daemonCPUPerMfram = max(extra, 0) * 1e6 / float64(frames)
 	if n > 0 {
 		t := time.Now()
 		if err := procs[0].Stop(syscall.SIGTERM, 5*time.Minute); err != nil {

@@ -52,7 +52,10 @@ const maxDeadMembers = 128
 // lasts 2 × max(1, log10(n)) × 150 ms: 300 ms up to 10 nodes, 540 ms at 64.
 // SuspicionMaxTimeoutMult 2 bounds how long missing confirmations can stretch
 // that. Gossip every 30 ms to 3 nodes spreads a death or a metadata change
-// in a few tens of milliseconds.
+// in a few tens of milliseconds. A node that misses acks itself (its CPU
+// starved, so the fault may be its own) stretches its probes' timeouts up
+// to 8× (Lifeguard's local health, memberlist's default) rather than
+// accuse healthy peers; healthy nodes detect a failure as fast as ever.
 const (
 	probeInterval = 150 * time.Millisecond
 	probeTimeout  = 80 * time.Millisecond
@@ -64,7 +67,7 @@ func tune(c *memberlist.Config) {
 	c.IndirectChecks = 3
 	c.SuspicionMult = 2
 	c.SuspicionMaxTimeoutMult = 2
-	c.AwarenessMaxMultiplier = 2
+	c.AwarenessMaxMultiplier = 8
 	c.GossipInterval = 30 * time.Millisecond
 	c.GossipNodes = 3
 	c.RetransmitMult = 4

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -154,21 +155,35 @@ func benchFailoverCommand() *cobra.Command {
 }
 
 func benchScaleCommand() *cobra.Command {
-	var counts []int
-	var frames int
+	var counts, nodes []int
+	var frames, gossipMembers, gossipClusters int
 	cmd := &cobra.Command{
 		Use:   "bench-scale",
-		Short: "Measure a daemon with many clusters: start, status, memory, threads, idle and per-frame CPU",
+		Short: "Measure many clusters on a daemon, many nodes in a cluster, and the gossip of many of both",
 		Args:  cobra.NoArgs,
 	}
 	clusterctl := clusterctlFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx, stop := signalContext()
 		defer stop()
-		return lab.BenchScale(ctx, cmd.OutOrStdout(), *clusterctl, counts, frames)
+		w := cmd.OutOrStdout()
+		counts = slices.DeleteFunc(counts, func(n int) bool { return n <= 0 })
+		nodes = slices.DeleteFunc(nodes, func(n int) bool { return n <= 0 })
+		if err := lab.BenchScale(ctx, w, *clusterctl, counts, frames); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		if err := lab.BenchNodes(ctx, w, *clusterctl, nodes); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		return lab.GossipScale(w, gossipMembers, gossipClusters)
 	}
-	cmd.Flags().IntSliceVar(&counts, "clusters", []int{1, 100, 1000}, "numbers of clusters to measure")
+	cmd.Flags().IntSliceVar(&counts, "clusters", []int{1, 100, 1000}, "numbers of clusters on one daemon to measure (0: skip)")
 	cmd.Flags().IntVar(&frames, "frames", 1000000, "frames to flood per measurement")
+	cmd.Flags().IntSliceVar(&nodes, "nodes", []int{3, 16, 64}, "cluster sizes to measure")
+	cmd.Flags().IntVar(&gossipMembers, "gossip-members", 64, "members of the gossip-only measurement")
+	cmd.Flags().IntVar(&gossipClusters, "gossip-clusters", 1000, "clusters each member publishes in it")
 	return cmd
 }
 
