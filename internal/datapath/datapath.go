@@ -321,12 +321,13 @@ func (d *Datapath) Nodes() nodeset.NodeSet { return d.policy.Load().Serve }
 func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 
 // SetPolicy replaces what this node answers for; the next packet sees it.
-// When the numbers that must reach user space change, every socket's filter
-// is rebuilt and swapped: widened before the policy changes, narrowed after,
-// so that no packet the new policy accepts is filtered out on the way. The
-// kernel path's program is swapped in between; the capture filters leave
-// out whatever it took (see captureFilter), so a number moves between the
-// two paths at one instant, with no packet lost or answered twice.
+// When the numbers that must reach user space change, the cluster's entry
+// in the capture filter's map is updated: widened before the policy
+// changes, narrowed after, so that no packet the new policy accepts is
+// filtered out on the way. Its entry in the kernel path's map is updated in
+// between; the capture filter leaves out whatever the kernel path took (see
+// program), so a number moves between the two paths at one instant, with
+// no packet lost or answered twice.
 func (d *Datapath) SetPolicy(p Policy) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()

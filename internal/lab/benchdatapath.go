@@ -152,7 +152,7 @@ func (l *Lab) benchFamily(ctx context.Context, w io.Writer, f benchFamily, dur t
 				return nil
 			}
 			// With --peers the numbers come from the failover loop.
-			return waitNumbers(ctx, l, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 30*time.Second)
+			return waitNumbers(ctx, l, f.vip, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 30*time.Second)
 		}, func() error {
 			for _, p := range daemons {
 				p.Stop(syscall.SIGTERM, 5*time.Second)

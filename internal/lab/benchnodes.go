@@ -128,7 +128,7 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 		}
 	}
 	started := time.Now()
-	if err := waitNumbers(ctx, l, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 2*time.Minute); err != nil {
+	if err := waitNumbers(ctx, l, VIP, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 2*time.Minute); err != nil {
 		return r, fmt.Errorf("converge: %w", err)
 	}
 	r.converge = time.Since(started)
@@ -194,7 +194,7 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 	if err := start(last, n); err != nil {
 		return r, err
 	}
-	if err := waitNumbers(ctx, l, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 2*time.Minute); err != nil {
+	if err := waitNumbers(ctx, l, VIP, l.Nodes, func(i int) string { return strconv.Itoa(i + 1) }, 2*time.Minute); err != nil {
 		return r, fmt.Errorf("after the restart: %w", err)
 	}
 
@@ -214,14 +214,14 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 	return r, nil
 }
 
-// waitNumbers waits until the control file of each node i holds exactly
+// waitNumbers waits until the control file for vip of each node i holds exactly
 // want(i), which also makes every number served exactly once.
-func waitNumbers(ctx context.Context, l *Lab, nodes []*Host, want func(int) string, timeout time.Duration) error {
+func waitNumbers(ctx context.Context, l *Lab, vip netip.Addr, nodes []*Host, want func(int) string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		bad := ""
 		for i, h := range nodes {
-			b, err := os.ReadFile(l.ControlFile(h))
+			b, err := os.ReadFile(l.ControlFileOf(h, vip))
 			if got := strings.TrimSpace(string(b)); err != nil || got != want(i) {
 				bad = fmt.Sprintf("%s holds %q, want %q", h.Name, got, want(i))
 				break

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,6 +88,9 @@ type Lab struct {
 	mu    sync.Mutex
 	procs []*Proc
 	nss   []string
+	// sysctls are the host's settings the lab changed, with their values
+	// before, restored by Close.
+	sysctls map[string]string
 }
 
 // Proc is a background process the lab started; Close stops it by PID.
@@ -148,6 +152,15 @@ func New(opts Options) (l *Lab, err error) {
 	}
 	if err = l.plainSwitch(); err != nil {
 		return nil, err
+	}
+	if opts.Nodes > 16 {
+		// The kernel's neighbour tables are shared by every namespace:
+		// a lab of n hosts fills them with about 2n² entries (IPv4 and
+		// IPv6), past the default limit of 1,024 from 22 hosts on, and
+		// then resolving a neighbour fails with ENOBUFS.
+		if err = l.raiseNeighbourLimits(4 * (opts.Nodes + 3) * (opts.Nodes + 3)); err != nil {
+			return nil, err
+		}
 	}
 	l.Client = &Host{Name: "client", Addr: ClientAddr, Addr6: ClientAddr6}
 	if err = l.attach(l.Client, "p0"); err != nil {
@@ -404,12 +417,24 @@ func (l *Lab) Close() error {
 	procs, nss := l.procs, l.nss
 	l.procs, l.nss = nil, nil
 	l.mu.Unlock()
+	// All at once: a lab of 64 nodes has 128 processes, and a service
+	// may take its grace period to stop.
 	var errs []error
+	var emu sync.Mutex
+	var wg sync.WaitGroup
 	for _, p := range procs {
-		if p.Stop(syscall.SIGTERM, 5*time.Second) != nil {
-			errs = append(errs, p.Stop(syscall.SIGKILL, 5*time.Second))
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p.Stop(syscall.SIGTERM, 5*time.Second) != nil {
+				err := p.Stop(syscall.SIGKILL, 5*time.Second)
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	if l.Dir != "" {
 		entries, _ := os.ReadDir(l.Dir)
 		for _, e := range entries {
@@ -426,7 +451,36 @@ func (l *Lab) Close() error {
 	if l.Dir != "" {
 		errs = append(errs, os.RemoveAll(l.Dir))
 	}
+	for path, v := range l.sysctls {
+		errs = append(errs, os.WriteFile(path, []byte(v), 0o644))
+	}
 	return errors.Join(errs...)
+}
+
+// raiseNeighbourLimits raises the host's neighbour table limits (IPv4 and
+// IPv6) to at least n entries, for Close to restore.
+func (l *Lab) raiseNeighbourLimits(n int) error {
+	if l.sysctls == nil {
+		l.sysctls = map[string]string{}
+	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for i, name := range []string{"gc_thresh3", "gc_thresh2", "gc_thresh1"} {
+			path := "/proc/sys/net/" + fam + "/neigh/default/" + name
+			old, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			want := n >> i
+			if cur, err := strconv.Atoi(strings.TrimSpace(string(old))); err == nil && cur >= want {
+				continue
+			}
+			if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+				return err
+			}
+			l.sysctls[path] = string(old)
+		}
+	}
+	return nil
 }
 
 // WaitListening waits until something in h listens on port (TCP and UDP),
