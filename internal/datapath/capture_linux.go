@@ -33,7 +33,11 @@ type captureGroup struct {
 	readers  map[uint16][]*worker // by EtherType: IPv4, IPv6 and ARP
 	flood    *floodSocket
 	clusters atomic.Pointer[map[addr]*Datapath]
-	strays   atomic.Uint64 // frames for no cluster (one just removed)
+	// batches is held for reading while a reader handles a batch, so that
+	// a cluster taken out of clusters can wait until no reader still
+	// hands it frames (its TAP's descriptors are about to close).
+	batches sync.RWMutex
+	strays  atomic.Uint64 // frames for no cluster (one just removed)
 
 	stop atomic.Bool
 	wg   sync.WaitGroup
@@ -220,6 +224,8 @@ func (g *captureGroup) remove(d *Datapath) {
 	groups.Lock()
 	defer groups.Unlock()
 	g.updateClusters(func(c map[addr]*Datapath) { delete(c, d.vip) })
+	g.batches.Lock() // a barrier: batches that began with d are done
+	g.batches.Unlock()
 	if err := g.vips.delete(d.cfg.VIP); err != nil {
 		d.log.Debug("capture filter", "err", err)
 	}

@@ -83,6 +83,7 @@ func (w *worker) run() {
 			continue
 		}
 		now := time.Now().UnixNano()
+		w.g.batches.RLock()
 		for i := 0; i < n; i++ {
 			if w.batch.truncated(i) {
 				w.g.strays.Add(1)
@@ -90,6 +91,7 @@ func (w *worker) run() {
 			}
 			w.handle(w.batch.frame(i), now)
 		}
+		w.g.batches.RUnlock()
 	}
 }
 
