@@ -163,8 +163,9 @@ func openKernelPath(ifindex int, vip netip.Addr, mac net.HardwareAddr, cfg hash.
 	}
 	k, err := ip.add(vip, mac, cfg)
 	if err != nil && ip.refs == 0 {
-		ip.refs = 1
-		ip.release()
+		// Attached for this cluster alone.
+		delete(attached.byIndex, ifindex)
+		ip.close()
 	}
 	return k, err
 }

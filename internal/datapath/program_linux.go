@@ -368,19 +368,7 @@ func (g progGen) ipv4(v4 *ebpf.Map) asm.Instructions {
 		asm.Add.Imm(asm.R1, ethHdrLen),
 		asm.JSet.Imm(asm.R9, entryNFTables, "ipv4-ports"),
 	)
-	for proto := 0; proto < 256; proto++ {
-		off := hash.PortsOffset(uint8(proto))
-		if off < 0 {
-			continue
-		}
-		skip := fmt.Sprintf("ipv4-notproto%d", proto)
-		p = append(p,
-			asm.JNE.Imm(asm.R8, int32(proto), skip),
-			asm.Add.Imm(asm.R1, int32(off)),
-			asm.Ja.Label("ipv4-ports"),
-			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
-		)
-	}
+	p = append(p, portsOffset(asm.R1, "ipv4", "ipv4-ports")...)
 	p = append(p, asm.Ja.Label("ipv4-hash"))
 	p = append(p, asm.Mov.Reg(asm.R0, asm.R1).WithSymbol("ipv4-ports"))
 	p = append(p, g.loadBytes(asm.R0, stackPorts, 4)...)
@@ -411,6 +399,27 @@ func (g progGen) ipv4(v4 *ebpf.Map) asm.Instructions {
 		asm.Add.Imm(asm.R9, ethHdrLen),
 		asm.Ja.Label("number"),
 	)
+}
+
+// portsOffset adds to off the CLUSTERIP ports offset of the protocol in R8
+// (hash.PortsOffset) and goes on to found; a protocol without ports falls
+// through, with R0 clobbered. prefix makes its labels unique.
+func portsOffset(off asm.Register, prefix, found string) asm.Instructions {
+	var p asm.Instructions
+	for proto := 0; proto < 256; proto++ {
+		o := hash.PortsOffset(uint8(proto))
+		if o < 0 {
+			continue
+		}
+		skip := fmt.Sprintf("%s-notproto%d", prefix, proto)
+		p = append(p,
+			asm.JNE.Imm(asm.R8, int32(proto), skip),
+			asm.Add.Imm(off, int32(o)),
+			asm.Ja.Label(found),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
+		)
+	}
+	return p
 }
 
 // zeroUnhashedPorts clears the destination port unless the entry's mode
@@ -600,19 +609,7 @@ func (g progGen) take(countersFD, flowsFD int) asm.Instructions {
 		asm.Mov.Reg(asm.R2, asm.R9),
 		asm.JSet.Imm(asm.R1, entryNFTables, "record-load"),
 	)
-	for proto := 0; proto < 256; proto++ {
-		off := hash.PortsOffset(uint8(proto))
-		if off < 0 || proto == protoTCP {
-			continue
-		}
-		skip := fmt.Sprintf("record-notproto%d", proto)
-		p = append(p,
-			asm.JNE.Imm(asm.R8, int32(proto), skip),
-			asm.Add.Imm(asm.R2, int32(off)),
-			asm.Ja.Label("record-load"),
-			asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
-		)
-	}
+	p = append(p, portsOffset(asm.R2, "record", "record-load")...)
 	p = append(p,
 		asm.Ja.Label("record-update"),
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("record-load"),
