@@ -275,7 +275,7 @@ func (d *Datapath) Attach() error {
 			d.kernel = nil
 		} else {
 			p := d.policy.Load()
-			d.setKernel(p.settled(), p.kernelProtocols())
+			d.setKernel(p.settled(), d.filtered, p.kernelProtocols())
 			// User space no longer sees their TCP packets.
 			d.flows.forget(p.settled(), protoTCP)
 		}
@@ -356,7 +356,7 @@ func (d *Datapath) SetPolicy(p Policy) {
 	}
 	d.policy.Store(&p)
 	if d.kernel != nil {
-		d.setKernel(toKernel, p.kernelProtocols())
+		d.setKernel(toKernel, d.filtered, p.kernelProtocols())
 	}
 	if old|want != want {
 		d.setFilters(want)
@@ -375,6 +375,12 @@ func (d *Datapath) SetPolicy(p Policy) {
 }
 
 func (d *Datapath) setFilters(pass nodeset.NodeSet) {
+	// The kernel path drops the frames of numbers it neither takes nor
+	// leaves to user space: it leaves both the old and the new set while
+	// the capture filter changes, and then the new one.
+	if d.kernel != nil {
+		d.setKernel(d.kernel.set, d.filtered|pass, d.kernel.protos)
+	}
 	var err error
 	if d.att != nil {
 		err = d.att.capture.setPass(d, uint64(pass))
@@ -386,12 +392,16 @@ func (d *Datapath) setFilters(pass nodeset.NodeSet) {
 		return
 	}
 	d.filtered = pass
+	if d.kernel != nil {
+		d.setKernel(d.kernel.set, pass, d.kernel.protos)
+	}
 }
 
-// setKernel changes what the kernel path takes. If the kernel refuses, the
-// kernel path is detached, and user space answers everything from then on.
-func (d *Datapath) setKernel(set nodeset.NodeSet, protos kernelProtos) {
-	if err := d.kernel.update(set, protos); err != nil {
+// setKernel changes what the kernel path takes and what it leaves to user
+// space (see kernelPath.update). If the kernel refuses, the kernel path is
+// detached, and user space answers everything from then on.
+func (d *Datapath) setKernel(set, pass nodeset.NodeSet, protos kernelProtos) {
+	if err := d.kernel.update(set, pass, protos); err != nil {
 		d.log.Error("kernel path: serving in user space only from now", "err", err)
 		d.kernel.close()
 		d.kernel = nil

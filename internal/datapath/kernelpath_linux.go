@@ -58,6 +58,7 @@ func (f kernelProtos) takes(proto uint8) bool {
 // TCX verdicts.
 const (
 	tcxNext = -1 // let the next program, then the stack, have it
+	tcxDrop = 2
 )
 
 // ifaceProgram is the kernel path of one interface: the program, its maps
@@ -134,9 +135,10 @@ type kernelPath struct {
 	hash  hash.Config
 	slot  uint32
 
-	// What the program takes for this cluster.
-	set    nodeset.NodeSet
-	protos kernelProtos
+	// What the program takes for this cluster, and what it leaves to
+	// user space.
+	set, pass nodeset.NodeSet
+	protos    kernelProtos
 }
 
 // openKernelPath adds a cluster that takes nothing yet to the program of
@@ -201,18 +203,24 @@ func (ip *ifaceProgram) release() {
 }
 
 // update makes the kernel path take exactly the packets of protos whose
-// number is in set: one map update, which frames see whole or not at all.
-func (k *kernelPath) update(set nodeset.NodeSet, protos kernelProtos) error {
-	if set == k.set && protos == k.protos {
+// number is in set, leave to user space those whose number is in pass, and
+// drop the rest of the cluster's: one map update, which frames see whole or
+// not at all. pass must hold every number the capture filter passes
+// whenever the program may see a frame.
+func (k *kernelPath) update(set, pass nodeset.NodeSet, protos kernelProtos) error {
+	if set == k.set && pass == k.pass && protos == k.protos {
 		return nil
 	}
 	var err error
 	if set == 0 {
-		// A cluster taking nothing costs its frames no hashing.
-		err = k.iface.vips.delete(k.vip)
+		// A cluster taking nothing costs its frames no hashing: user
+		// space's filter judges them all.
+		if k.set != 0 {
+			err = k.iface.vips.delete(k.vip)
+		}
 	} else {
 		e := newVIPEntry(k.vip, k.mac, k.hash, set)
-		e.Slot = k.slot
+		e.Slot, e.Pass = k.slot, uint64(pass)
 		switch protos {
 		case kernelTCPOnly:
 			e.Flags |= entryTCPOnly
@@ -224,7 +232,7 @@ func (k *kernelPath) update(set nodeset.NodeSet, protos kernelProtos) error {
 	if err != nil {
 		return fmt.Errorf("kernel path: %w", err)
 	}
-	k.set, k.protos = set, protos
+	k.set, k.pass, k.protos = set, pass, protos
 	return nil
 }
 

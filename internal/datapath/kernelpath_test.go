@@ -15,13 +15,6 @@ import (
 	"github.com/clusterip/clusterip/nodeset"
 )
 
-// testKernelProgram loads (without attaching) the kernel path's program
-// with one cluster, the test VIP and MAC, taking set and protos; the kernel
-// path counts what it takes.
-func testKernelProgram(tb testing.TB, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
-	return testKernelProgramAt(tb, testVIP, testClusterMAC, cfg, set, protos)
-}
-
 // testIfaceProgram loads an interface's program without attaching it.
 func testIfaceProgram(tb testing.TB) *ifaceProgram {
 	tb.Helper()
@@ -33,47 +26,51 @@ func testIfaceProgram(tb testing.TB) *ifaceProgram {
 	return ip
 }
 
-// addTestCluster adds a cluster to ip, taking set and protos.
-func addTestCluster(tb testing.TB, ip *ifaceProgram, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) *kernelPath {
+// addTestCluster adds a cluster to ip, taking set and protos and leaving
+// pass to user space.
+func addTestCluster(tb testing.TB, ip *ifaceProgram, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set, pass nodeset.NodeSet, protos kernelProtos) *kernelPath {
 	tb.Helper()
 	k, err := ip.add(vip, mac, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := k.update(set, protos); err != nil {
+	if err := k.update(set, pass, protos); err != nil {
 		tb.Fatal(err)
 	}
 	return k
 }
 
-// testKernelProgramAt is testKernelProgram for vip and mac.
-func testKernelProgramAt(tb testing.TB, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) (*kernelPath, *ebpf.Program) {
-	tb.Helper()
-	ip := testIfaceProgram(tb)
-	return addTestCluster(tb, ip, vip, mac, cfg, set, protos), ip.prog
-}
-
-// loadKernelPath returns a function that runs the kernel path's program for
-// set and protos on a frame and tells whether it took the frame.
-func loadKernelPath(t *testing.T, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
+// loadKernelPath returns a function that runs the kernel path's program,
+// taking set and protos and leaving pass, on a frame and tells whether it
+// took the frame, or dropped it.
+func loadKernelPath(t *testing.T, cfg hash.Config, set, pass nodeset.NodeSet, protos kernelProtos) func([]byte) (taken, dropped bool) {
 	t.Helper()
-	return loadKernelPathAt(t, testVIP, testClusterMAC, cfg, set, protos)
+	return loadKernelPathAt(t, testVIP, testClusterMAC, cfg, set, pass, protos)
 }
 
 // loadKernelPathAt is loadKernelPath for vip and mac.
-func loadKernelPathAt(t *testing.T, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set nodeset.NodeSet, protos kernelProtos) func([]byte) bool {
+func loadKernelPathAt(t *testing.T, vip netip.Addr, mac net.HardwareAddr, cfg hash.Config, set, pass nodeset.NodeSet, protos kernelProtos) func([]byte) (taken, dropped bool) {
 	t.Helper()
-	k, prog := testKernelProgramAt(t, vip, mac, cfg, set, protos)
-	return func(frame []byte) bool {
+	ip := testIfaceProgram(t)
+	k := addTestCluster(t, ip, vip, mac, cfg, set, pass, protos)
+	return func(frame []byte) (bool, bool) {
 		before := k.taken()
-		ret, err := prog.Run(&ebpf.RunOptions{Data: frame})
+		ret, err := ip.prog.Run(&ebpf.RunOptions{Data: frame})
 		if err != nil {
 			t.Fatalf("run: %v", err)
 		}
-		if int32(ret) != tcxNext {
-			t.Fatalf("program returned %d, want TCX_NEXT", int32(ret))
+		taken := k.taken() == before+1
+		switch int32(ret) {
+		case tcxNext:
+			return taken, false
+		case tcxDrop:
+			if taken {
+				t.Fatalf("program counted a frame it dropped")
+			}
+			return false, true
 		}
-		return k.taken() == before+1
+		t.Fatalf("program returned %d, want TCX_NEXT or TCX_DROP", int32(ret))
+		return false, false
 	}
 }
 
@@ -94,7 +91,7 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 		pass := nodeset.NodeSet(rng.Uint64()) & all
 		kernel := pass & nodeset.NodeSet(rng.Uint64())
 		protos := kernelProtos(round / 3 % 2)
-		take := loadKernelPath(t, cfg, kernel, protos)
+		take := loadKernelPath(t, cfg, kernel, pass, protos)
 		// The capture filter, run on frames as the kernel path left them.
 		untaken := ownershipVM(t, testVIP, testClusterMAC, cfg, pass)
 		o := Owner{Hash: cfg}
@@ -122,21 +119,23 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 			node := o.Node(&p)
 			forKernel := mac.String() == testClusterMAC.String() && !p.fragment() && protos.takes(proto)
 			wantTaken := forKernel && kernel.Contains(node)
+			// Another node's share: nobody here wants it.
+			wantDropped := forKernel && kernel != 0 && !kernel.Contains(node) && !pass.Contains(node)
 			wantPassed := mac.String() == testClusterMAC.String() && !wantTaken &&
 				(p.fragment() || proto == protoICMP || pass.Contains(node))
-			got := take(frame)
+			got, dropped := take(frame)
 			// A frame taken is the host's when the capture filter runs,
 			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
 			passed := 0
-			if !got {
+			if !got && !dropped {
 				var err error
 				if passed, err = untaken.Run(frame); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if got != wantTaken || (passed > 0) != wantPassed {
-				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v passed %v, want %v %v",
-					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, passed > 0, wantTaken, wantPassed)
+			if got != wantTaken || dropped != wantDropped || (passed > 0) != wantPassed {
+				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v dropped %v passed %v, want %v %v %v",
+					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, dropped, passed > 0, wantTaken, wantDropped, wantPassed)
 			}
 		}
 		// Other traffic is never taken: another VIP, ARP, and when the
@@ -149,8 +148,8 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 			others = append(others, mkEther(testClusterMAC, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: vip, proto: testTCP}, []byte{0, 80})))
 		}
 		for _, frame := range others {
-			if take(frame) {
-				t.Fatalf("cfg %+v kernel %s: took %x", cfg, kernel, frame)
+			if taken, dropped := take(frame); taken || dropped {
+				t.Fatalf("cfg %+v kernel %s: took (%v) or dropped (%v) %x", cfg, kernel, taken, dropped, frame)
 			}
 		}
 	}
@@ -197,25 +196,74 @@ func BenchmarkKernelPath(b *testing.B) {
 		}
 		for _, vips := range []int{1, 100, 1000} {
 			ip := testIfaceProgram(b)
-			addTestCluster(b, ip, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
+			one := nodeset.NodeSet(0).Add(1)
+			addTestCluster(b, ip, fam.vip, fam.mac, fam.cfg, one, one, kernelTCPOnly)
 			for i := 1; i < vips; i++ {
 				other := fillerVIP(fam.vip, i)
-				addTestCluster(b, ip, other, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelTCPOnly)
+				addTestCluster(b, ip, other, fam.mac, fam.cfg, one, one, kernelTCPOnly)
 			}
 			for _, bc := range []struct {
 				name  string
 				frame []byte
-			}{{"taken", frames[1]}, {"left", frames[2]}} {
+			}{{"taken", frames[1]}, {"dropped", frames[2]}} {
 				b.Run(fmt.Sprintf("%s/%dVIPs/%s", fam.name, vips, bc.name), func(b *testing.B) {
-					_, per, err := ip.prog.Benchmark(bc.frame, b.N, b.ResetTimer)
-					if err != nil {
-						b.Fatal(err)
-					}
-					b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
+					benchProgram(b, ip.prog, bc.frame)
 				})
 			}
 		}
 	}
+}
+
+// BenchmarkKernelPathRecorded: a UDP flow taken under --peers, whose every
+// datagram the kernel path finds in its flow map (the steady state of a
+// busy flow).
+func BenchmarkKernelPathRecorded(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("loading eBPF needs root")
+	}
+	for _, fam := range []struct {
+		name string
+		vip  netip.Addr
+		mac  net.HardwareAddr
+		cfg  hash.Config
+		ip   func(port uint16) []byte
+		pkt  func([]byte, *ipPacket) bool
+		typ  uint16
+	}{
+		{"IPv4", testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7},
+			func(port uint16) []byte {
+				return mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testUDP}, mkUDP(port, 53))
+			}, parseIPv4, etherTypeIPv4},
+		{"IPv6", testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7, Compat: hash.NFTables},
+			func(port uint16) []byte {
+				return mkIPv6("2001:db8:1::7", testVIP6.String(), nil, testUDP, mkUDP(port, 53))
+			}, parseIPv6, etherTypeIPv6},
+	} {
+		o := Owner{Hash: fam.cfg}
+		var p ipPacket
+		var frame []byte
+		for port := uint16(1024); frame == nil; port++ {
+			ipb := fam.ip(port)
+			if !fam.pkt(ipb, &p) {
+				b.Fatal("test packet does not parse")
+			}
+			if o.Node(&p) == 1 {
+				frame = mkEther(fam.mac, testClientMAC, fam.typ, ipb)
+			}
+		}
+		ip := testIfaceProgram(b)
+		one := nodeset.NodeSet(0).Add(1)
+		addTestCluster(b, ip, fam.vip, fam.mac, fam.cfg, one, one, kernelAllRecorded)
+		b.Run(fam.name+"/known-flow", func(b *testing.B) { benchProgram(b, ip.prog, frame) })
+	}
+}
+
+func benchProgram(b *testing.B, prog *ebpf.Program, frame []byte) {
+	_, per, err := prog.Benchmark(frame, b.N, b.ResetTimer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(per.Nanoseconds()), "kernel-ns/frame")
 }
 
 // fillerVIP is the i-th other VIP of vip's family.
@@ -253,7 +301,8 @@ func TestKernelPathManyVIPs(t *testing.T) {
 		mac := net.HardwareAddr{0x01, 0x00, 0x5e, 0x7f, byte(i >> 8), byte(i)}
 		all := nodeset.NodeSet(1)<<cfg.TotalNodes - 1
 		c := &cluster{cfg: cfg, mac: mac}
-		c.k = addTestCluster(t, ip, vip, mac, cfg, nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3)))
+		set := nodeset.NodeSet(rng.Uint64()) & all
+		c.k = addTestCluster(t, ip, vip, mac, cfg, set, set|nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3)))
 		clusters = append(clusters, c)
 	}
 	frame := func(c *cluster, mac net.HardwareAddr, i int) ([]byte, int, uint8) {
@@ -281,11 +330,12 @@ func TestKernelPathManyVIPs(t *testing.T) {
 		}
 		return mkEther(mac, testClientMAC, etherTypeIPv4, ipb), o.Node(&p), proto
 	}
-	run := func(f []byte) {
+	run := func(f []byte) (dropped bool) {
 		ret, err := ip.prog.Run(&ebpf.RunOptions{Data: f})
-		if err != nil || int32(ret) != tcxNext {
+		if err != nil || int32(ret) != tcxNext && int32(ret) != tcxDrop {
 			t.Fatalf("run: %d, %v", int32(ret), err)
 		}
+		return int32(ret) == tcxDrop
 	}
 	for round := range 3 {
 		for i := range 1500 {
@@ -299,10 +349,15 @@ func TestKernelPathManyVIPs(t *testing.T) {
 			for j, o := range clusters {
 				before[j] = o.k.taken()
 			}
-			run(f)
+			dropped := run(f)
 			// AH is an extension header in IPv6: user space's.
 			plain := !c.k.vip.Is6() || proto != testAH
-			want := mac.String() == c.mac.String() && plain && c.k.protos.takes(proto) && c.k.set.Contains(node)
+			judged := mac.String() == c.mac.String() && plain && c.k.protos.takes(proto) && c.k.set != 0
+			want := judged && c.k.set.Contains(node)
+			if wantDropped := judged && !c.k.set.Contains(node) && !c.k.pass.Contains(node); dropped != wantDropped {
+				t.Fatalf("round %d: frame %d to %s (node %d, proto %d, set %s, pass %s, protos %d): dropped %v, want %v",
+					round, i, c.k.vip, node, proto, c.k.set, c.k.pass, c.k.protos, dropped, wantDropped)
+			}
 			for j, o := range clusters {
 				got := o.k.taken() - before[j]
 				if wantN := map[bool]uint64{true: 1}[want && o == c]; got != wantN {
@@ -314,7 +369,8 @@ func TestKernelPathManyVIPs(t *testing.T) {
 		// New numbers for a third of the clusters, one update each.
 		for _, c := range clusters[round%3:] {
 			all := nodeset.NodeSet(1)<<c.cfg.TotalNodes - 1
-			if err := c.k.update(nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3))); err != nil {
+			set := nodeset.NodeSet(rng.Uint64()) & all
+			if err := c.k.update(set, set|nodeset.NodeSet(rng.Uint64())&all, kernelProtos(rng.IntN(3))); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -350,7 +406,7 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 		pass := nodeset.NodeSet(rng.Uint64()) & all
 		kernel := pass & nodeset.NodeSet(rng.Uint64())
 		protos := kernelProtos(round / 3 % 2)
-		take := loadKernelPathAt(t, testVIP6, testClusterMAC6, cfg, kernel, protos)
+		take := loadKernelPathAt(t, testVIP6, testClusterMAC6, cfg, kernel, pass, protos)
 		untaken := ownershipVM(t, testVIP6, testClusterMAC6, cfg, pass)
 		o := Owner{Hash: cfg}
 		for i := 0; i < 200; i++ {
@@ -386,20 +442,21 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 			plain := exts == nil && proto != protoICMPv6 && proto != testAH
 			forKernel := toCluster && plain && (protos == kernelAllButICMP || proto == testTCP)
 			wantTaken := forKernel && kernel.Contains(node)
+			wantDropped := forKernel && kernel != 0 && !kernel.Contains(node) && !pass.Contains(node)
 			wantPassed := toCluster && !wantTaken && (!plain || pass.Contains(node))
-			got := take(frame)
+			got, dropped := take(frame)
 			// A frame taken is the host's when the capture filter runs,
 			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
 			passed := 0
-			if !got {
+			if !got && !dropped {
 				var err error
 				if passed, err = untaken.Run(frame); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if got != wantTaken || (passed > 0) != wantPassed {
-				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s (ext %v, node %d, MAC %s): taken %v passed %v, want %v %v",
-					cfg, pass, kernel, protos, proto, sa, exts != nil, node, mac, got, passed > 0, wantTaken, wantPassed)
+			if got != wantTaken || dropped != wantDropped || (passed > 0) != wantPassed {
+				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s (ext %v, node %d, MAC %s): taken %v dropped %v passed %v, want %v %v %v",
+					cfg, pass, kernel, protos, proto, sa, exts != nil, node, mac, got, dropped, passed > 0, wantTaken, wantDropped, wantPassed)
 			}
 		}
 		// Never taken: another VIP, IPv4, a neighbour solicitation.
@@ -409,8 +466,8 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 			mkEther(testClusterMAC6, testClientMAC, etherTypeIPv4, mkIPv4(testIPHdr{src: "198.51.100.7", dst: "192.0.2.10", proto: testTCP}, mkTCP(1, 2))),
 			mkEther(snMAC, testClientMAC, etherTypeIPv6, mkIPv6("2001:db8:1::7", sn.String(), nil, protoICMPv6, mkNS("2001:db8:1::7", sn.String(), vip, nil))),
 		} {
-			if take(frame) {
-				t.Fatalf("cfg %+v kernel %s: took % x", cfg, kernel, frame)
+			if taken, dropped := take(frame); taken || dropped {
+				t.Fatalf("cfg %+v kernel %s: took (%v) or dropped (%v) % x", cfg, kernel, taken, dropped, frame)
 			}
 		}
 	}
@@ -435,9 +492,10 @@ func TestKernelPathRecordsFlows(t *testing.T) {
 		{testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePortDestPort, TotalNodes: 2, Seed: 3, Compat: hash.NFTables}},
 	} {
 		ip := testIfaceProgram(t)
-		k := addTestCluster(t, ip, fam.vip, fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1), kernelAllRecorded)
+		one, both := nodeset.NodeSet(0).Add(1), nodeset.NodeSet(0).Add(1).Add(2)
+		k := addTestCluster(t, ip, fam.vip, fam.mac, fam.cfg, one, both, kernelAllRecorded)
 		// Another cluster's flows are its own.
-		other := addTestCluster(t, ip, fillerVIP(fam.vip, 9), fam.mac, fam.cfg, nodeset.NodeSet(0).Add(1).Add(2), kernelAllRecorded)
+		other := addTestCluster(t, ip, fillerVIP(fam.vip, 9), fam.mac, fam.cfg, both, both, kernelAllRecorded)
 		o := Owner{Hash: fam.cfg}
 		want := map[flowKey]uint8{}
 		start := time.Now().UnixNano()
@@ -479,7 +537,8 @@ func TestKernelPathRecordsFlows(t *testing.T) {
 			if !ok || node != f.node {
 				t.Errorf("%s: recorded %+v, not a flow taken (want %v)", fam.vip, f, ok)
 			}
-			if f.lastSeen < start-int64(time.Millisecond) || f.lastSeen > now+int64(time.Millisecond) {
+			// The coarse clock lags by up to a tick (10 ms at HZ=100).
+			if f.lastSeen < start-int64(20*time.Millisecond) || f.lastSeen > now+int64(time.Millisecond) {
 				t.Errorf("%s: flow last seen %s from now", fam.vip, time.Duration(now-f.lastSeen))
 			}
 			seen[f.key] = true
@@ -493,5 +552,55 @@ func TestKernelPathRecordsFlows(t *testing.T) {
 		if theirs, _ := other.flows(nodeset.NodeSet(0).Add(1).Add(2)); len(theirs) != 0 {
 			t.Errorf("%s: another cluster sees %d of its flows", fam.vip, len(theirs))
 		}
+	}
+}
+
+// TestKernelPathRefreshesFlows: a known flow's time is rewritten at most
+// every flowSeenStep, and its number at once if it changed.
+func TestKernelPathRefreshesFlows(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF needs root")
+	}
+	cfg := hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 2, Seed: 3}
+	ip := testIfaceProgram(t)
+	both := nodeset.NodeSet(0).Add(1).Add(2)
+	k := addTestCluster(t, ip, testVIP, testClusterMAC, cfg, both, both, kernelAllRecorded)
+	frame := mkEther(testClusterMAC, testClientMAC, etherTypeIPv4,
+		mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testUDP}, mkUDP(5353, 53)))
+	seen := func() kernelFlow {
+		t.Helper()
+		if ret, err := ip.prog.Run(&ebpf.RunOptions{Data: frame}); err != nil || int32(ret) != tcxNext {
+			t.Fatalf("run: %d, %v", int32(ret), err)
+		}
+		got, err := k.flows(nodeset.NodeSet(0).Add(1).Add(2))
+		if err != nil || len(got) != 1 {
+			t.Fatalf("flows: %v, %v", got, err)
+		}
+		return got[0]
+	}
+	first := seen()
+	// flows turns monotonic times into wall time: allow its jitter.
+	time.Sleep(20 * time.Millisecond)
+	if again := seen(); again.lastSeen-first.lastSeen > int64(time.Millisecond) {
+		t.Errorf("time rewritten after %s, before flowSeenStep", time.Duration(again.lastSeen-first.lastSeen))
+	}
+	time.Sleep(flowSeenStep + 30*time.Millisecond)
+	later := seen()
+	if later.lastSeen-first.lastSeen < int64(flowSeenStep) {
+		t.Errorf("time not rewritten %s later: moved %s", flowSeenStep+30*time.Millisecond, time.Duration(later.lastSeen-first.lastSeen))
+	}
+
+	// A recorded number that is not the flow's is rewritten at the next packet.
+	key, value := make([]byte, flowMapKeyLen), make([]byte, flowMapValueLen)
+	it := ip.flows.Iterate()
+	if !it.Next(&key, &value) {
+		t.Fatalf("flow map empty: %v", it.Err())
+	}
+	value[flowValueNode] = 3 - later.node
+	if err := ip.flows.Put(key, value); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(); got.node != later.node {
+		t.Errorf("number recorded %d, want %d rewritten", got.node, later.node)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -51,6 +52,12 @@ type vipEntry struct {
 	Total uint32
 	IV    uint32 // jhash's initial value
 	Slot  uint32 // the cluster's counter (kernel path)
+	// Pass (kernel path): the numbers user space wants the frames of. The
+	// kernel path drops the cluster's frames of every other number it does
+	// not take: they are other nodes' to answer, and dropping them at the
+	// hook spares the node the capture sockets' and the stack's work on
+	// the flooded frames that are not its share.
+	Pass uint64
 }
 
 // Offsets in vipEntry, as the programs load them.
@@ -62,7 +69,8 @@ const (
 	entryTotal = 16
 	entryIV    = 20
 	entrySlot  = 24
-	entryLen   = 32
+	entryPass  = 32
+	entryLen   = 40
 
 	entryNFTables = 1 << 0 // IPv4: hash the address as loaded and every protocol's first four bytes
 	entryTCPOnly  = 1 << 1 // kernel path: take TCP only
@@ -77,7 +85,8 @@ const (
 // connections from the socket table. The key is the cluster's slot, the
 // client's address (IPv4 mapped into IPv6), the raw ports (as the flow table
 // keys them) and the protocol; the value is when the flow was last taken
-// (CLOCK_MONOTONIC) and its number.
+// (CLOCK_MONOTONIC_COARSE: the tick is precise enough, and cheaper) and its
+// number.
 const (
 	flowMapKeyLen   = 32
 	flowMapValueLen = 16
@@ -87,6 +96,9 @@ const (
 	flowKeyProto    = 24
 	flowValueSeen   = 0
 	flowValueNode   = 8
+	// flowSeenStep is how stale a flow's last-seen time may be: the
+	// flow table expires flows after seconds, not milliseconds.
+	flowSeenStep = 100 * time.Millisecond
 	// maxKernelFlows bounds the flow map of an interface: past it, the
 	// least recently taken flows go first.
 	maxKernelFlows = 1 << 16
@@ -117,6 +129,7 @@ func (e vipEntry) marshal() []byte {
 	binary.NativeEndian.PutUint32(b[entryTotal:], e.Total)
 	binary.NativeEndian.PutUint32(b[entryIV:], e.IV)
 	binary.NativeEndian.PutUint32(b[entrySlot:], e.Slot)
+	binary.NativeEndian.PutUint64(b[entryPass:], e.Pass)
 	return b
 }
 
@@ -551,10 +564,12 @@ func (g progGen) number(no string) asm.Instructions {
 
 // take ends the kernel path: a frame whose number the entry holds becomes
 // the host's and is counted in the entry's slot, and, if the entry says
-// so, its flow is recorded unless it is TCP; every frame then goes on
-// (TCX_NEXT). R8 holds the protocol, R9 the transport header's offset.
+// so, its flow is recorded unless it is TCP; it then goes on (TCX_NEXT), as
+// does a frame whose number is in the entry's pass set. The rest, the
+// other nodes' share, is dropped. R8 holds the protocol, R9 the transport
+// header's offset.
 func (g progGen) take(countersFD, flowsFD int) asm.Instructions {
-	p := g.number(labelNext)
+	p := g.number("not-taken")
 	p = append(p,
 		asm.Add.Imm(asm.R2, 1),
 		asm.StoreMem(asm.RFP, stackSeen+flowValueNode, asm.R2, asm.DWord), // the number; the rest zero
@@ -617,9 +632,28 @@ func (g progGen) take(countersFD, flowsFD int) asm.Instructions {
 		asm.Add.Imm(asm.R3, stackFlow+flowKeyPorts),
 		asm.Mov.Imm(asm.R4, 4),
 		asm.FnSkbLoadBytes.Call(),
-		asm.FnKtimeGetNs.Call().WithSymbol("record-update"),
+		asm.FnKtimeGetCoarseNs.Call().WithSymbol("record-update"),
 		asm.StoreMem(asm.RFP, stackSeen+flowValueSeen, asm.R0, asm.DWord),
+		// A known flow is refreshed in place, and only when its number
+		// changed or its time is flowSeenStep old: a lookup is a fraction
+		// of an update, which replaces the LRU's element on every call.
 		asm.LoadMapPtr(asm.R1, flowsFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stackFlow),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "record-insert"),
+		asm.LoadMem(asm.R1, asm.R0, flowValueNode, asm.DWord),
+		asm.LoadMem(asm.R2, asm.RFP, stackSeen+flowValueNode, asm.DWord),
+		asm.JNE.Reg(asm.R1, asm.R2, "record-refresh"),
+		asm.LoadMem(asm.R1, asm.R0, flowValueSeen, asm.DWord),
+		asm.LoadMem(asm.R3, asm.RFP, stackSeen+flowValueSeen, asm.DWord),
+		asm.Sub.Reg(asm.R3, asm.R1),
+		asm.JLT.Imm(asm.R3, int32(flowSeenStep.Nanoseconds()), labelNext),
+		asm.LoadMem(asm.R3, asm.RFP, stackSeen+flowValueSeen, asm.DWord).WithSymbol("record-refresh"),
+		asm.StoreMem(asm.R0, flowValueSeen, asm.R3, asm.DWord),
+		asm.StoreMem(asm.R0, flowValueNode, asm.R2, asm.DWord),
+		asm.Ja.Label(labelNext),
+		asm.LoadMapPtr(asm.R1, flowsFD).WithSymbol("record-insert"),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stackFlow),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -627,6 +661,13 @@ func (g progGen) take(countersFD, flowsFD int) asm.Instructions {
 		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
 		asm.FnMapUpdateElem.Call(),
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol(labelNext),
+		asm.Return(),
+		// R0 the entry, R2 the number less one.
+		asm.LoadMem(asm.R4, asm.R0, entryPass, asm.DWord).WithSymbol("not-taken"),
+		asm.RSh.Reg(asm.R4, asm.R2),
+		asm.And.Imm(asm.R4, 1),
+		asm.JNE.Imm(asm.R4, 0, labelNext),
+		asm.Mov.Imm(asm.R0, tcxDrop),
 		asm.Return(),
 	)
 	return p
