@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/clusterip/clusterip/hash"
+	"github.com/clusterip/clusterip/internal/daemon"
 	"github.com/clusterip/clusterip/internal/membership"
 	"github.com/clusterip/clusterip/nodeset"
 )
@@ -122,9 +123,20 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 			return r, err
 		}
 	}
+	// The daemons start in waves of 8, each once the first node and the
+	// last started see every node started so far alive: 64 daemons and
+	// their services starting at once on two cores (TAPs, eBPF programs,
+	// sysctls, joins and state transfers in the same second) starve one
+	// another, and a node that cannot answer its probes is declared dead.
+	const wave = 8
 	for i, h := range l.Nodes {
 		if err := start(h, i+1); err != nil {
 			return r, err
+		}
+		if (i+1)%wave == 0 && i+1 < n {
+			if err := waitMembers(ctx, l, VIP, []*Host{l.Nodes[0], h}, i+1, time.Minute); err != nil {
+				return r, err
+			}
 		}
 	}
 	started := time.Now()
@@ -212,6 +224,53 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 	}
 	r.drain = summarize("drain", rep, at)
 	return r, nil
+}
+
+// waitMembers waits until each of nodes sees want members alive in
+// vip's cluster.
+func waitMembers(ctx context.Context, l *Lab, vip netip.Addr, nodes []*Host, want int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, h := range nodes {
+		for {
+			alive, err := aliveMembers(l, h, vip)
+			if err == nil && alive == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s does not see %d members alive in %s (%d, %v)", h.Name, want, timeout, alive, err)
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// aliveMembers is how many members h's status shows alive for vip.
+func aliveMembers(l *Lab, h *Host, vip netip.Addr) (int, error) {
+	out, err := l.Clusterctl(h, "status", "--json")
+	if err != nil {
+		return 0, err
+	}
+	var st daemon.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return 0, err
+	}
+	for _, c := range st.Clusters {
+		if c.VIP != vip.String() {
+			continue
+		}
+		alive := 0
+		for _, m := range c.Members {
+			if m.State == "alive" {
+				alive++
+			}
+		}
+		return alive, nil
+	}
+	return 0, fmt.Errorf("no cluster %s", vip)
 }
 
 // waitNumbers waits until the control file for vip of each node i holds exactly

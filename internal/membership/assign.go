@@ -2,6 +2,7 @@ package membership
 
 import (
 	"hash/fnv"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sort"
@@ -55,42 +56,60 @@ func (m Member) Live() bool { return m.State == "alive" || m.State == "suspect" 
 // no part.
 func Assign(vip netip.Addr, total int, members []Member) []string {
 	out := make([]string, total+1)
+	// Every daemon runs this for each cluster on each round, over every
+	// member: 64 members × 64 numbers must cost microseconds, not
+	// allocations.
 	type candidate struct {
-		name  string
-		state ClusterState
+		name           string
+		home, excluded nodeset.NodeSet
+		available      bool
 	}
-	var live []candidate
-	for _, m := range members {
-		if c, ok := m.Cluster(vip); ok && m.Live() {
-			live = append(live, candidate{m.Name, c})
+	live := make([]candidate, 0, len(members))
+	for i := range members {
+		m := &members[i]
+		if !m.Live() {
+			continue
+		}
+		if c, ok := m.Cluster(vip); ok {
+			live = append(live, candidate{m.Name, c.Home, c.Excluded, c.Available()})
 		}
 	}
 	sort.Slice(live, func(i, j int) bool { return live[i].name < live[j].name })
+	// homeOf[n] is the first live member (by name) whose home n is, +1.
+	homeOf := make([]int, total+1)
+	for i := range live {
+		for h := uint64(live[i].home &^ live[i].excluded); h != 0; h &= h - 1 {
+			if n := bits.TrailingZeros64(h) + 1; n <= total && homeOf[n] == 0 {
+				homeOf[n] = i + 1
+			}
+		}
+	}
+	available := make([]string, 0, len(live))
+	anyLive := make([]string, 0, len(live))
 	for n := 1; n <= total; n++ {
-		var home string
-		homeAvailable := false
-		var available, any []string
-		for _, c := range live {
-			if c.state.Excluded.Contains(n) {
+		home := homeOf[n] - 1
+		if home >= 0 && live[home].available {
+			out[n] = live[home].name
+			continue
+		}
+		available, anyLive = available[:0], anyLive[:0]
+		for i := range live {
+			c := &live[i]
+			if c.excluded.Contains(n) {
 				continue
 			}
-			any = append(any, c.name)
-			if c.state.Available() {
+			anyLive = append(anyLive, c.name)
+			if c.available {
 				available = append(available, c.name)
-			}
-			if home == "" && c.state.Home.Contains(n) {
-				home, homeAvailable = c.name, c.state.Available()
 			}
 		}
 		switch {
-		case homeAvailable:
-			out[n] = home
 		case len(available) > 0:
 			out[n] = rendezvous(vip, n, available)
-		case home != "":
-			out[n] = home
-		case len(any) > 0:
-			out[n] = rendezvous(vip, n, any)
+		case home >= 0:
+			out[n] = live[home].name
+		case len(anyLive) > 0:
+			out[n] = rendezvous(vip, n, anyLive)
 		}
 	}
 	return out

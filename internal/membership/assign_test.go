@@ -662,3 +662,25 @@ func TestMemberClusterAndLive(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAssign: a cluster of 64 nodes, as every daemon computes it for
+// each cluster on every round: one node dead, one draining, the rest home.
+func BenchmarkAssign(b *testing.B) {
+	vip := netip.MustParseAddr("192.0.2.100")
+	var members []membership.Member
+	for i := 1; i <= 64; i++ {
+		st := membership.ClusterState{VIP: vip, Home: nodeset.NodeSet(0).Add(i), Serving: nodeset.NodeSet(0).Add(i)}
+		m := membership.Member{Name: fmt.Sprintf("n%d", i), State: "alive", Clusters: []membership.ClusterState{st}}
+		switch i {
+		case 7:
+			m.State = "dead"
+		case 9:
+			m.Clusters[0].Draining = true
+		}
+		members = append(members, m)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		membership.Assign(vip, 64, members)
+	}
+}

@@ -75,6 +75,10 @@ func tune(c *memberlist.Config) {
 	c.TCPTimeout = time.Second
 	c.GossipToTheDeadTime = 5 * time.Second
 	c.DeadNodeReclaimTime = time.Second
+	// Gossip messages are a few hundred bytes: LZW saves little of them
+	// and costs every one an encoder's allocation and pass. Members
+	// still decode a compressed message from a daemon that compresses.
+	c.EnableCompression = false
 }
 
 // Membership is this node's view of the cluster of daemons.

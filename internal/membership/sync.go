@@ -272,8 +272,8 @@ func (m *Membership) receiveRequest(b []byte) {
 	}
 }
 
-// answerer sends the full state to the members that asked for it, one
-// stream at a time.
+// answerer sends the full state to the members that asked for it, one at a
+// time.
 func (m *Membership) answerer() {
 	for {
 		select {
@@ -290,7 +290,16 @@ func (m *Membership) answerer() {
 			continue
 		}
 		for name := range asked {
-			if err := m.SendReliable(name, full); err != nil {
+			// A state that fits one packet goes as one: when a cluster of
+			// many nodes starts, every member asks every other, and as
+			// many TCP streams (each a connection, a key exchange and
+			// a slot of the transport's stream limit) would take the CPU
+			// the probes need. A lost answer is asked for again.
+			send := m.SendReliable
+			if len(full) <= maxDeltaLen {
+				send = m.sendBestEffort
+			}
+			if err := send(name, full); err != nil {
 				m.log.Debug("full state not sent", "to", name, "err", err)
 			}
 		}
