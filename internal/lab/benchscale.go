@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -32,6 +33,8 @@ func scaleVIP(i int) netip.Addr {
 // vipScaleResult is what BenchScale measures of one daemon.
 type vipScaleResult struct {
 	clusters          int
+	peers             bool          // the daemons run with --peers
+	converge          time.Duration // with peers: from the start until every cluster serves at home
 	ready, status     time.Duration
 	rssMB             float64
 	fds, threads      int
@@ -48,9 +51,11 @@ type vipScaleResult struct {
 // node serves (so that this node's programs judge each and leave it). In a
 // lab of veths the receiving side's kernel work runs in the sender's
 // context, so the sender's CPU time is the whole path's; its growth with
-// the number of clusters is the per-frame cost of having them.
-func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts []int, frames int) error {
-	if len(counts) == 0 {
+// the number of clusters is the per-frame cost of having them. The counts
+// in peerCounts are measured again with --peers, with the time until every
+// cluster serves at home on both nodes.
+func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts, peerCounts []int, frames int) error {
+	if len(counts)+len(peerCounts) == 0 {
 		return nil
 	}
 	tool, err := os.Executable()
@@ -58,30 +63,42 @@ func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts []in
 		return err
 	}
 	var results []vipScaleResult
-	base, err := benchScaleOne(ctx, clusterctl, tool, 0, frames)
+	base, err := benchScaleOne(ctx, clusterctl, tool, 0, frames, false)
 	if err != nil {
 		return fmt.Errorf("no clusters: %w", err)
 	}
 	for _, n := range counts {
-		r, err := benchScaleOne(ctx, clusterctl, tool, n, frames)
+		r, err := benchScaleOne(ctx, clusterctl, tool, n, frames, false)
 		if err != nil {
 			return fmt.Errorf("%d clusters: %w", n, err)
 		}
 		results = append(results, r)
 	}
+	for _, n := range peerCounts {
+		r, err := benchScaleOne(ctx, clusterctl, tool, n, frames, true)
+		if err != nil {
+			return fmt.Errorf("%d clusters with --peers: %w", n, err)
+		}
+		results = append(results, r)
+	}
 	fmt.Fprintf(w, "Many VIPs: one daemon per node, 2 nodes, N IPv4 clusters on eth0 (kernel path), %d frames flooded to one cluster's MAC\n", frames)
-	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %14s %14s %9s\n", "clusters", "ready", "status", "RSS MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop")
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %14s %14s %9s %9s\n", "clusters", "ready", "status", "RSS MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop", "converge")
 	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %13.3fs %14s %9s\n", "none", "", "", "", "", "", "", base.pathCPUPerMframe, "", "")
 	for _, r := range results {
-		fmt.Fprintf(w, "%-10d %9s %9s %9.1f %6d %8d %9.3fs %13.3fs %13.3fs %9s\n", r.clusters,
+		name, converge := strconv.Itoa(r.clusters), ""
+		if r.peers {
+			name, converge = name+" peers", r.converge.Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(w, "%-10s %9s %9s %9.1f %6d %8d %9.3fs %13.3fs %13.3fs %9s %9s\n", name,
 			r.ready.Round(time.Millisecond), r.status.Round(time.Millisecond), r.rssMB, r.fds, r.threads,
-			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond))
+			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond), converge)
 	}
+	fmt.Fprintf(w, "(peers: the same with --peers; converge: from the start until every cluster serves its home number on both nodes)\n")
 	return nil
 }
 
-func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) (r vipScaleResult, err error) {
-	r.clusters = n
+func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, peers bool) (r vipScaleResult, err error) {
+	r.clusters, r.peers = n, peers
 	var idleAll float64 // both daemons' CPU at rest, seconds a second
 	l, err := New(Options{Prefix: "cipscale", Nodes: 2, Exe: clusterctl, Tool: tool})
 	if err != nil {
@@ -93,6 +110,14 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 		}
 	}()
 	var procs []*Proc
+	var args []string
+	if peers {
+		key := filepath.Join(l.Dir, "gossip.key")
+		if _, err := l.Run(l.Client, l.Exe, "genkey", key); err != nil {
+			return r, err
+		}
+		args = []string{"--peers", l.Nodes[0].Addr.String() + "," + l.Nodes[1].Addr.String(), "--gossip-key", key}
+	}
 	if n > 0 {
 		start := time.Now()
 		for k, h := range l.Nodes {
@@ -104,7 +129,7 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 			if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
 				return r, err
 			}
-			p, err := l.StartDaemon(h, "--config", path)
+			p, err := l.StartDaemon(h, append([]string{"--config", path}, args...)...)
 			if err != nil {
 				return r, err
 			}
@@ -133,6 +158,12 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 		r.status = time.Since(t)
 		if got := strings.Count(out, `"vip":`); got < n {
 			return r, fmt.Errorf("status lists %d clusters, want %d", got, n)
+		}
+		if peers {
+			if err := waitAllHome(ctx, l, n, 5*time.Minute); err != nil {
+				return r, err
+			}
+			r.converge = time.Since(start)
 		}
 		pid := procs[0].Cmd.Process.Pid
 		time.Sleep(2 * time.Second) // past the start's work
@@ -192,6 +223,41 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int) 
 		r.stop = time.Since(t)
 	}
 	return r, nil
+}
+
+// waitAllHome waits until both nodes' n clusters each serve exactly the
+// node's own number.
+func waitAllHome(ctx context.Context, l *Lab, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for k, h := range l.Nodes {
+		for {
+			bad := 0
+			var st daemon.Status
+			out, err := l.Clusterctl(h, "status", "--json")
+			if err == nil {
+				err = json.Unmarshal([]byte(out), &st)
+			}
+			if err == nil {
+				bad = n - len(st.Clusters)
+				for _, c := range st.Clusters {
+					if len(c.Serving) != 1 || c.Serving[0] != k+1 {
+						bad++
+					}
+				}
+			}
+			if err == nil && bad == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: %d clusters of %d not at home after %s (%v)", h.Name, bad, n, timeout, err)
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(500 * time.Millisecond) // each look is a status of every cluster
+		}
+	}
+	return nil
 }
 
 // scaleHash is the hash of the scale benchmark's clusters.

@@ -155,7 +155,7 @@ func benchFailoverCommand() *cobra.Command {
 }
 
 func benchScaleCommand() *cobra.Command {
-	var counts, nodes []int
+	var counts, peerCounts, nodes []int
 	var frames, gossipMembers, gossipClusters int
 	cmd := &cobra.Command{
 		Use:   "bench-scale",
@@ -168,8 +168,9 @@ func benchScaleCommand() *cobra.Command {
 		defer stop()
 		w := cmd.OutOrStdout()
 		counts = slices.DeleteFunc(counts, func(n int) bool { return n <= 0 })
+		peerCounts = slices.DeleteFunc(peerCounts, func(n int) bool { return n <= 0 })
 		nodes = slices.DeleteFunc(nodes, func(n int) bool { return n <= 0 })
-		if err := lab.BenchScale(ctx, w, *clusterctl, counts, frames); err != nil {
+		if err := lab.BenchScale(ctx, w, *clusterctl, counts, peerCounts, frames); err != nil {
 			return err
 		}
 		fmt.Fprintln(w)
@@ -180,6 +181,7 @@ func benchScaleCommand() *cobra.Command {
 		return lab.GossipScale(w, gossipMembers, gossipClusters)
 	}
 	cmd.Flags().IntSliceVar(&counts, "clusters", []int{1, 100, 1000}, "numbers of clusters on one daemon to measure (0: skip)")
+	cmd.Flags().IntSliceVar(&peerCounts, "peers-clusters", []int{1000}, "numbers of clusters measured again with --peers (0: skip)")
 	cmd.Flags().IntVar(&frames, "frames", 1000000, "frames to flood per measurement")
 	cmd.Flags().IntSliceVar(&nodes, "nodes", []int{3, 16, 64}, "cluster sizes to measure")
 	cmd.Flags().IntVar(&gossipMembers, "gossip-members", 64, "members of the gossip-only measurement")
