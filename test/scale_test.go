@@ -96,9 +96,11 @@ func TestManyVIPsUnderPeers(t *testing.T) {
 	}
 
 	// Drain n1 of every VIP: its connections stay, new ones go elsewhere.
+	// From ports above the client's ephemeral range (32768-60999), which
+	// the probes' connections use.
 	onN1 := make([][]*longConn, len(views))
 	for i, v := range views {
-		onN1[i] = v.openLong(1, 2, 44000+60*i)
+		onN1[i] = v.openLong(1, 2, 61000+60*i)
 	}
 	for _, v := range vips {
 		c.ctl(n1, "drain", v.String())

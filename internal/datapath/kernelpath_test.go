@@ -164,36 +164,7 @@ func BenchmarkKernelPath(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("loading eBPF needs root")
 	}
-	for _, fam := range []struct {
-		name string
-		vip  netip.Addr
-		mac  net.HardwareAddr
-		cfg  hash.Config
-		ip   func(port uint16) []byte
-		pkt  func([]byte, *ipPacket) bool
-		typ  uint16
-	}{
-		{"IPv4", testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7},
-			func(port uint16) []byte {
-				return mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testTCP}, mkTCP(port, 80))
-			}, parseIPv4, etherTypeIPv4},
-		{"IPv6", testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7, Compat: hash.NFTables},
-			func(port uint16) []byte {
-				return mkIPv6("2001:db8:1::7", testVIP6.String(), nil, testTCP, mkTCP(port, 80))
-			}, parseIPv6, etherTypeIPv6},
-	} {
-		o := Owner{Hash: fam.cfg}
-		var p ipPacket
-		frames := map[int][]byte{} // node -> a frame owned by it
-		for port := uint16(1024); len(frames) < 2; port++ {
-			ipb := fam.ip(port)
-			if !fam.pkt(ipb, &p) {
-				b.Fatal("test packet does not parse")
-			}
-			if n := o.Node(&p); n <= 2 && frames[n] == nil {
-				frames[n] = mkEther(fam.mac, testClientMAC, fam.typ, ipb)
-			}
-		}
+	for _, fam := range kernelBenchFamilies(b, testTCP) {
 		for _, vips := range []int{1, 100, 1000} {
 			ip := testIfaceProgram(b)
 			one := nodeset.NodeSet(0).Add(1)
@@ -205,7 +176,7 @@ func BenchmarkKernelPath(b *testing.B) {
 			for _, bc := range []struct {
 				name  string
 				frame []byte
-			}{{"taken", frames[1]}, {"dropped", frames[2]}} {
+			}{{"taken", fam.owned[1]}, {"dropped", fam.owned[2]}} {
 				b.Run(fmt.Sprintf("%s/%dVIPs/%s", fam.name, vips, bc.name), func(b *testing.B) {
 					benchProgram(b, ip.prog, bc.frame)
 				})
@@ -221,41 +192,64 @@ func BenchmarkKernelPathRecorded(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("loading eBPF needs root")
 	}
-	for _, fam := range []struct {
-		name string
-		vip  netip.Addr
-		mac  net.HardwareAddr
-		cfg  hash.Config
-		ip   func(port uint16) []byte
-		pkt  func([]byte, *ipPacket) bool
-		typ  uint16
-	}{
-		{"IPv4", testVIP, testClusterMAC, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7},
-			func(port uint16) []byte {
-				return mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: testUDP}, mkUDP(port, 53))
-			}, parseIPv4, etherTypeIPv4},
-		{"IPv6", testVIP6, testClusterMAC6, hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7, Compat: hash.NFTables},
-			func(port uint16) []byte {
-				return mkIPv6("2001:db8:1::7", testVIP6.String(), nil, testUDP, mkUDP(port, 53))
-			}, parseIPv6, etherTypeIPv6},
-	} {
-		o := Owner{Hash: fam.cfg}
-		var p ipPacket
-		var frame []byte
-		for port := uint16(1024); frame == nil; port++ {
-			ipb := fam.ip(port)
-			if !fam.pkt(ipb, &p) {
-				b.Fatal("test packet does not parse")
-			}
-			if o.Node(&p) == 1 {
-				frame = mkEther(fam.mac, testClientMAC, fam.typ, ipb)
-			}
-		}
+	for _, fam := range kernelBenchFamilies(b, testUDP) {
 		ip := testIfaceProgram(b)
 		one := nodeset.NodeSet(0).Add(1)
 		addTestCluster(b, ip, fam.vip, fam.mac, fam.cfg, one, one, kernelAllRecorded)
-		b.Run(fam.name+"/known-flow", func(b *testing.B) { benchProgram(b, ip.prog, frame) })
+		b.Run(fam.name+"/known-flow", func(b *testing.B) { benchProgram(b, ip.prog, fam.owned[1]) })
 	}
+}
+
+// kernelBenchFamily is a benchmark's VIP of one family, hashed by source
+// address and port over 3 nodes, with a frame to it owned by node 1 and
+// one owned by node 2.
+type kernelBenchFamily struct {
+	name  string
+	vip   netip.Addr
+	mac   net.HardwareAddr
+	cfg   hash.Config
+	owned map[int][]byte
+}
+
+// kernelBenchFamilies returns an IPv4 and an IPv6 kernelBenchFamily whose
+// frames are TCP or UDP (proto).
+func kernelBenchFamilies(tb testing.TB, proto uint8) []kernelBenchFamily {
+	l4 := func(port uint16) []byte { return mkTCP(port, 80) }
+	if proto == testUDP {
+		l4 = func(port uint16) []byte { return mkUDP(port, 53) }
+	}
+	fams := []struct {
+		kernelBenchFamily
+		ip  func(port uint16) []byte
+		pkt func([]byte, *ipPacket) bool
+		typ uint16
+	}{
+		{kernelBenchFamily{name: "IPv4", vip: testVIP, mac: testClusterMAC, cfg: hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7}},
+			func(port uint16) []byte {
+				return mkIPv4(testIPHdr{src: "198.51.100.7", dst: testVIP.String(), proto: proto}, l4(port))
+			}, parseIPv4, etherTypeIPv4},
+		{kernelBenchFamily{name: "IPv6", vip: testVIP6, mac: testClusterMAC6, cfg: hash.Config{Mode: hash.SourceIPSourcePort, TotalNodes: 3, Seed: 7, Compat: hash.NFTables}},
+			func(port uint16) []byte {
+				return mkIPv6("2001:db8:1::7", testVIP6.String(), nil, proto, l4(port))
+			}, parseIPv6, etherTypeIPv6},
+	}
+	var out []kernelBenchFamily
+	for _, f := range fams {
+		o := Owner{Hash: f.cfg}
+		var p ipPacket
+		f.owned = map[int][]byte{}
+		for port := uint16(1024); len(f.owned) < 2; port++ {
+			ipb := f.ip(port)
+			if !f.pkt(ipb, &p) {
+				tb.Fatal("test packet does not parse")
+			}
+			if n := o.Node(&p); n <= 2 && f.owned[n] == nil {
+				f.owned[n] = mkEther(f.mac, testClientMAC, f.typ, ipb)
+			}
+		}
+		out = append(out, f.kernelBenchFamily)
+	}
+	return out
 }
 
 func benchProgram(b *testing.B, prog *ebpf.Program, frame []byte) {
