@@ -684,3 +684,58 @@ func BenchmarkAssign(b *testing.B) {
 		membership.Assign(vip, 64, members)
 	}
 }
+
+// TestAssignFollowsItsRules checks Assign on random members against its
+// rules, written out plainly: the home if available; else one of the
+// available members; else the home; else one of the live members; never a
+// member excluding the number, and "" with nobody left.
+func TestAssignFollowsItsRules(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 9))
+	for iter := range 500 {
+		total := 1 + r.IntN(64)
+		members := randomMembers(r, total, 1+r.IntN(12))
+		// Two members claiming one home: the first by name has it.
+		for range r.IntN(4) {
+			i := r.IntN(len(members))
+			members[i].Clusters[0].Home = members[i].Clusters[0].Home.Add(1 + r.IntN(total))
+		}
+		got := membership.Assign(testVIP, total, members)
+		live := slices.Clone(members)
+		live = slices.DeleteFunc(live, func(m membership.Member) bool { return !m.Live() })
+		slices.SortFunc(live, func(a, b membership.Member) int { return strings.Compare(a.Name, b.Name) })
+		for n := 1; n <= total; n++ {
+			home, homeAvailable := "", false
+			var available, anyLive []string
+			for _, m := range live {
+				c, ok := m.Cluster(testVIP)
+				if !ok || c.Excluded.Contains(n) {
+					continue
+				}
+				anyLive = append(anyLive, m.Name)
+				if c.Available() {
+					available = append(available, m.Name)
+				}
+				if home == "" && c.Home.Contains(n) {
+					home, homeAvailable = m.Name, c.Available()
+				}
+			}
+			var ok bool
+			switch {
+			case homeAvailable:
+				ok = got[n] == home
+			case len(available) > 0:
+				ok = slices.Contains(available, got[n])
+			case home != "":
+				ok = got[n] == home
+			case len(anyLive) > 0:
+				ok = slices.Contains(anyLive, got[n])
+			default:
+				ok = got[n] == ""
+			}
+			if !ok {
+				t.Fatalf("iteration %d, number %d: assigned to %q; home %q (available %v), available %v, live %v",
+					iter, n, got[n], home, homeAvailable, available, anyLive)
+			}
+		}
+	}
+}
