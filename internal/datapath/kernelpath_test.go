@@ -74,6 +74,22 @@ func loadKernelPathAt(t *testing.T, vip netip.Addr, mac net.HardwareAddr, cfg ha
 	}
 }
 
+// splitVerdict runs the kernel path (take) on frame, then the capture
+// filter (untaken) on it if the kernel path left it on, as the kernel does.
+// A frame taken is the host's when the capture filter runs, which then
+// leaves it out (TestCaptureFilterLeavesTakenFrames).
+func splitVerdict(t *testing.T, take func([]byte) (bool, bool), untaken captureRunner, frame []byte) (taken, dropped, passed bool) {
+	t.Helper()
+	if taken, dropped = take(frame); taken || dropped {
+		return taken, dropped, false
+	}
+	n, err := untaken.Run(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false, false, n > 0
+}
+
 // The kernel path, run by the kernel, takes exactly the packets its numbers
 // own (Owner.Node, the user-space decision), and the capture filter, run on
 // the frame as the kernel path left it, passes to user space exactly what
@@ -123,19 +139,10 @@ func TestKernelPathSplitsWithCaptureFilter(t *testing.T) {
 			wantDropped := forKernel && kernel != 0 && !kernel.Contains(node) && !pass.Contains(node)
 			wantPassed := mac.String() == testClusterMAC.String() && !wantTaken &&
 				(p.fragment() || proto == protoICMP || pass.Contains(node))
-			got, dropped := take(frame)
-			// A frame taken is the host's when the capture filter runs,
-			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
-			passed := 0
-			if !got && !dropped {
-				var err error
-				if passed, err = untaken.Run(frame); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if got != wantTaken || dropped != wantDropped || (passed > 0) != wantPassed {
+			got, dropped, passed := splitVerdict(t, take, untaken, frame)
+			if got != wantTaken || dropped != wantDropped || passed != wantPassed {
 				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s:%d (node %d, fragment %v, MAC %s): taken %v dropped %v passed %v, want %v %v %v",
-					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, dropped, passed > 0, wantTaken, wantDropped, wantPassed)
+					cfg, pass, kernel, protos, proto, src, sport, node, p.fragment(), mac, got, dropped, passed, wantTaken, wantDropped, wantPassed)
 			}
 		}
 		// Other traffic is never taken: another VIP, ARP, and when the
@@ -438,19 +445,10 @@ func TestKernelPath6SplitsWithCaptureFilter(t *testing.T) {
 			wantTaken := forKernel && kernel.Contains(node)
 			wantDropped := forKernel && kernel != 0 && !kernel.Contains(node) && !pass.Contains(node)
 			wantPassed := toCluster && !wantTaken && (!plain || pass.Contains(node))
-			got, dropped := take(frame)
-			// A frame taken is the host's when the capture filter runs,
-			// which then leaves it out (TestCaptureFilterLeavesTakenFrames).
-			passed := 0
-			if !got && !dropped {
-				var err error
-				if passed, err = untaken.Run(frame); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if got != wantTaken || dropped != wantDropped || (passed > 0) != wantPassed {
+			got, dropped, passed := splitVerdict(t, take, untaken, frame)
+			if got != wantTaken || dropped != wantDropped || passed != wantPassed {
 				t.Fatalf("cfg %+v pass %s kernel %s protos %d, proto %d from %s (ext %v, node %d, MAC %s): taken %v dropped %v passed %v, want %v %v %v",
-					cfg, pass, kernel, protos, proto, sa, exts != nil, node, mac, got, dropped, passed > 0, wantTaken, wantDropped, wantPassed)
+					cfg, pass, kernel, protos, proto, sa, exts != nil, node, mac, got, dropped, passed, wantTaken, wantDropped, wantPassed)
 			}
 		}
 		// Never taken: another VIP, IPv4, a neighbour solicitation.

@@ -374,33 +374,13 @@ func (l *Lab) measure(ctx context.Context, dur time.Duration, daemons map[string
 // waitInKernel waits until every node's kernel path answers all the numbers
 // it serves for vip.
 func waitInKernel(ctx context.Context, l *Lab, vip netip.Addr, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for _, h := range l.Nodes {
-		for {
-			var st daemon.Status
-			out, err := l.Clusterctl(h, "status", "--json")
-			if err == nil {
-				err = json.Unmarshal([]byte(out), &st)
-			}
-			settled := false
-			for _, c := range st.Clusters {
-				if c.VIP == vip.String() {
-					settled = len(c.Serving) > 0 && slices.Equal(c.InKernel, c.Serving)
-				}
-			}
-			if err == nil && settled {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s: the kernel path does not serve every number of %s after %s (%v)", h.Name, vip, timeout, err)
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			time.Sleep(250 * time.Millisecond)
+	return waitStatus(ctx, l, l.Nodes, timeout, 250*time.Millisecond, func(_ int, st daemon.Status) string {
+		c, _ := clusterOf(st, vip.String())
+		if len(c.Serving) == 0 || !slices.Equal(c.InKernel, c.Serving) {
+			return fmt.Sprintf("the kernel path serves %v of %v (%s)", c.InKernel, c.Serving, vip)
 		}
-	}
-	return nil
+		return ""
+	})
 }
 
 // benchSelected tells whether measurement name (conn, latency, tcp1, tcp4,

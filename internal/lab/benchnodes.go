@@ -229,38 +229,10 @@ func benchNodesOne(ctx context.Context, clusterctl, tool string, n int) (r nodeS
 // waitMembers waits until each of nodes sees want members alive in
 // vip's cluster.
 func waitMembers(ctx context.Context, l *Lab, vip netip.Addr, nodes []*Host, want int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for _, h := range nodes {
-		for {
-			alive, err := aliveMembers(l, h, vip)
-			if err == nil && alive == want {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s does not see %d members alive in %s (%d, %v)", h.Name, want, timeout, alive, err)
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	return nil
-}
-
-// aliveMembers is how many members h's status shows alive for vip.
-func aliveMembers(l *Lab, h *Host, vip netip.Addr) (int, error) {
-	out, err := l.Clusterctl(h, "status", "--json")
-	if err != nil {
-		return 0, err
-	}
-	var st daemon.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return 0, err
-	}
-	for _, c := range st.Clusters {
-		if c.VIP != vip.String() {
-			continue
+	return waitStatus(ctx, l, nodes, timeout, 200*time.Millisecond, func(_ int, st daemon.Status) string {
+		c, ok := clusterOf(st, vip.String())
+		if !ok {
+			return "no cluster " + vip.String()
 		}
 		alive := 0
 		for _, m := range c.Members {
@@ -268,9 +240,11 @@ func aliveMembers(l *Lab, h *Host, vip netip.Addr) (int, error) {
 				alive++
 			}
 		}
-		return alive, nil
-	}
-	return 0, fmt.Errorf("no cluster %s", vip)
+		if alive != want {
+			return fmt.Sprintf("%d members alive, want %d", alive, want)
+		}
+		return ""
+	})
 }
 
 // waitNumbers waits until the control file for vip of each node i holds exactly

@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -228,36 +227,19 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 // waitAllHome waits until both nodes' n clusters each serve exactly the
 // node's own number.
 func waitAllHome(ctx context.Context, l *Lab, n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for k, h := range l.Nodes {
-		for {
-			bad := 0
-			var st daemon.Status
-			out, err := l.Clusterctl(h, "status", "--json")
-			if err == nil {
-				err = json.Unmarshal([]byte(out), &st)
+	// Each look is a status of every cluster.
+	return waitStatus(ctx, l, l.Nodes, timeout, 500*time.Millisecond, func(k int, st daemon.Status) string {
+		bad := n - len(st.Clusters)
+		for _, c := range st.Clusters {
+			if len(c.Serving) != 1 || c.Serving[0] != k+1 {
+				bad++
 			}
-			if err == nil {
-				bad = n - len(st.Clusters)
-				for _, c := range st.Clusters {
-					if len(c.Serving) != 1 || c.Serving[0] != k+1 {
-						bad++
-					}
-				}
-			}
-			if err == nil && bad == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s: %d clusters of %d not at home after %s (%v)", h.Name, bad, n, timeout, err)
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			time.Sleep(500 * time.Millisecond) // each look is a status of every cluster
 		}
-	}
-	return nil
+		if bad != 0 {
+			return fmt.Sprintf("%d clusters of %d not at home", bad, n)
+		}
+		return ""
+	})
 }
 
 // scaleHash is the hash of the scale benchmark's clusters.
