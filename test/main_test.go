@@ -29,11 +29,22 @@ var clusterctl string // the binary under test
 // labctl is the lab harness: the test service and the client load.
 var labctl string
 
+// tempDirMode is the system temporary directory's mode when the tests
+// began: every lab's cleanup checks that its test left it so (apt and
+// every other user of /tmp break without its sticky, open mode).
+var tempDirMode os.FileMode
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Println("end-to-end tests need root (network namespaces, TAP, FUSE); skipping")
 		os.Exit(0)
 	}
+	fi, err := os.Stat(os.TempDir())
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	tempDirMode = fi.Mode()
 	dir, err := os.MkdirTemp("", "clusterctl-e2e-")
 	if err != nil {
 		fmt.Println(err)
@@ -106,6 +117,10 @@ func newLab(t *testing.T, n int, router bool) *lab.Lab {
 		}
 		if err := l.Close(); err != nil {
 			t.Errorf("lab cleanup: %v", err)
+		}
+		if fi, err := os.Stat(os.TempDir()); err == nil && fi.Mode() != tempDirMode {
+			t.Errorf("the test changed %s from %v to %v", os.TempDir(), tempDirMode, fi.Mode())
+			os.Chmod(os.TempDir(), tempDirMode) // the sticky bit included
 		}
 	})
 	return l
