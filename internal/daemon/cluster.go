@@ -238,13 +238,15 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 	c.handoffs.Add(uint64(len(out.Release)))
 	var releases []release
 	for _, h := range out.Release {
-		// A connectionless flow silent through the whole handoff was
-		// never seen by the receiver, which will take it for new: it
-		// must then be the receiver's alone.
-		c.dp.ForgetQuiet(h.Node, h.Since)
 		if h.To == "" {
+			// No release tells anyone of the connectionless flows
+			// silent through the handoff: whoever takes the number
+			// will take them for new, so they must be its alone.
+			c.dp.ForgetQuiet(h.Node, h.Since)
 			continue
 		}
+		// The receiver never saw the quiet flows either: the release
+		// lists them, so that they stay with this node.
 		flows, complete := c.dp.KeptFlows(h.Node, h.Since)
 		msg, err := releaseMsg{VIP: c.spec.VIP, Node: h.Node, From: me, Complete: complete, Flows: flows}.encode()
 		if err != nil {

@@ -439,23 +439,28 @@ func (d *Datapath) KernelPath() (nodeset.NodeSet, bool) {
 const switchGap = 100 * time.Millisecond
 
 // ForgetQuiet forgets this node's connectionless flows of number node that
-// have been silent since before since, when it hands node over.
+// have been silent since before since, when it gives node up with no
+// receiver to tell: a node that takes the number later would take their
+// next packets for new flows.
 func (d *Datapath) ForgetQuiet(node int, since time.Time) {
 	d.flows.forgetQuiet(uint8(node), since.UnixNano())
 }
 
-// maxReleaseFlows bounds the flows one release lists: past it the list is
-// marked incomplete and the receiver answers nothing it held.
+// maxReleaseFlows bounds the flows one release lists: past it quiet flows
+// are forgotten, and past it with active ones alone the list is marked
+// incomplete and the receiver answers nothing it held.
 const maxReleaseFlows = 1 << 14
 
 // KeptFlows lists the flows of number node this node keeps after giving it
 // up, as a release tells the receiving node (see flowTable.kept); cutoff is
-// when the handoff began. Call it after the policy that stops
-// serving node is in place: the list then holds every flow this node ever
-// answered for it since cutoff. complete is false when the list cannot be
-// trusted whole.
+// when the handoff began. Call it after the policy that stops serving node
+// is in place, and send the list at once: it then holds every flow this
+// node ever answered for it since cutoff, and every connectionless flow
+// quiet since (the kernel path's included, read when the number left it),
+// whose idle time starts again now. complete is false when the list cannot
+// be trusted whole.
 func (d *Datapath) KeptFlows(node int, cutoff time.Time) (ids []FlowID, complete bool) {
-	return d.flows.kept(uint8(node), cutoff.UnixNano(), maxReleaseFlows)
+	return d.flows.kept(uint8(node), cutoff.UnixNano(), time.Now().UnixNano(), maxReleaseFlows)
 }
 
 // TakeOver ends the handoff of number node to this node, which must serve

@@ -1,7 +1,9 @@
 package datapath
 
 import (
+	"cmp"
 	"encoding/binary"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,14 @@ const (
 
 	// DefaultMaxFlows bounds the flow table: about 64 bytes each.
 	DefaultMaxFlows = 1 << 18
+
+	// foreignGrace is how much longer than its owner a node remembers
+	// another node's flow. Both see its every packet, but the clock of a
+	// flow listed in a release starts on the receiver when the release
+	// arrives, a little after the sender's: the receiver must forget it
+	// last, or both might answer a packet that comes at the end of its
+	// idle time.
+	foreignGrace = time.Second
 )
 
 // Limits on the packets held for numbers moving here (see judge): a
@@ -157,7 +167,21 @@ func (t *flowTable) judge(f packetFlow, policy *atomic.Pointer[Policy], servingS
 	defer s.mu.Unlock()
 	pol := policy.Load()
 	observe, hold := pol.Observe.Contains(f.node), pol.Hold.Contains(f.node)
-	if e, ok := s.m[f.key]; ok {
+	e, ok := s.m[f.key]
+	if ok {
+		switch idle, limit := now-e.lastSeen, idleTimeout(e, f.key.proto); {
+		case idle <= limit:
+		case e.foreign && idle <= limit+int64(foreignGrace):
+			// Its owner forgets it about now: nobody answers it until
+			// this node has forgotten it too.
+			return verdictDrop
+		default:
+			// Forgotten, as the next sweep would: judged afresh.
+			t.deleteLocked(s, f.key)
+			ok = false
+		}
+	}
+	if ok {
 		e.lastSeen = now
 		e.closing = e.closing || f.closes
 		e.opened = e.opened || (f.key.proto == protoTCP && !f.syn)
@@ -315,31 +339,65 @@ func (t *flowTable) adoptSeen(k flowKey, node uint8, lastSeen int64) bool {
 }
 
 // kept returns the flows of number node that this node keeps after giving
-// the number up and that the receiving node may have seen start during the
-// handoff: every connectionless one active since cutoff, and every TCP
-// connection that started since cutoff or never got past its SYN. (The
-// receiver saw a mid-connection packet of every older TCP connection, and
-// leaves those alone anyway.) complete is false when the list cannot be
-// trusted whole: a flow found no room in the table since cutoff, or there
-// are more than max.
-func (t *flowTable) kept(node uint8, cutoff int64, max int) (ids []FlowID, complete bool) {
+// the number up, for its release to list: every connectionless one, and
+// every TCP connection that started since cutoff or never got past its SYN.
+// (The receiver saw a mid-connection packet of every older TCP connection,
+// or leaves it alone at its next one.) A connectionless flow silent since
+// cutoff is one the receiver cannot have seen; listed, it stays this
+// node's. Every listed flow's idle time starts again now, as it does on the
+// receiver when the release arrives (see settle), so that this node
+// forgets it first, a few milliseconds before the receiver, and nobody
+// answers it twice. Quiet flows come last, the most recent first; those
+// past max are forgotten here instead, and their next packet goes to the
+// receiver. complete is false when the list cannot be trusted whole: a
+// flow found no room in the table since cutoff, or more than max flows
+// were active since then.
+func (t *flowTable) kept(node uint8, cutoff, now int64, max int) (ids []FlowID, complete bool) {
 	last := t.lastUntracked.Load()
 	complete = last == 0 || last < cutoff
+	type quietFlow struct {
+		key      flowKey
+		lastSeen int64
+	}
+	var quiet []quietFlow
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for k, e := range s.m {
-			if e.foreign || e.node != node {
+			switch {
+			case e.foreign || e.node != node:
 				continue
-			}
-			if k.proto == protoTCP && e.opened && (e.adopted || e.created < cutoff) || k.proto != protoTCP && e.lastSeen < cutoff {
+			case k.proto == protoTCP && e.opened && (e.adopted || e.created < cutoff):
+				continue
+			case k.proto != protoTCP && e.lastSeen < cutoff:
+				quiet = append(quiet, quietFlow{k, e.lastSeen})
 				continue
 			}
 			if len(ids) == max {
 				complete = false
 				continue
 			}
+			e.lastSeen = now
+			s.m[k] = e
 			ids = append(ids, k.id())
+		}
+		s.mu.Unlock()
+	}
+	slices.SortFunc(quiet, func(a, b quietFlow) int { return cmp.Compare(b.lastSeen, a.lastSeen) })
+	for _, q := range quiet {
+		s := t.shard(q.key)
+		s.mu.Lock()
+		switch e, ok := s.m[q.key]; {
+		case !ok || e.foreign || e.node != node:
+		case len(ids) < max:
+			e.lastSeen = now
+			s.m[q.key] = e
+			ids = append(ids, q.key.id())
+		case e.lastSeen != q.lastSeen:
+			// A packet since the first pass: an active flow.
+			complete = false
+		default:
+			t.deleteLocked(s, q.key)
 		}
 		s.mu.Unlock()
 	}
@@ -363,8 +421,13 @@ func (t *flowTable) settle(node uint8, theirs map[FlowID]bool, now int64) (answe
 		k := flowKey{src: id.Src, sport: id.SPort, dport: id.DPort, proto: id.Proto}
 		s := t.shard(k)
 		s.mu.Lock()
-		if _, ok := s.m[k]; !ok {
+		// Its idle time starts now, as the sender's did a moment ago
+		// (see kept): the sender forgets it first.
+		if e, ok := s.m[k]; !ok {
 			t.addLocked(s, k, flow{created: now, lastSeen: now, node: node, foreign: true, opened: true})
+		} else if e.foreign && e.lastSeen < now {
+			e.lastSeen = now
+			s.m[k] = e
 		}
 		s.mu.Unlock()
 	}
@@ -441,7 +504,11 @@ func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowC
 func (t *flowTable) sweepLocked(s *flowShard, now int64, serve nodeset.NodeSet, dropKept bool, c *flowCounts) {
 	for k, f := range s.m {
 		kept := !f.foreign && !serve.Contains(int(f.node))
-		if now-f.lastSeen > idleTimeout(f, k.proto) || (kept && dropKept) {
+		limit := idleTimeout(f, k.proto)
+		if f.foreign {
+			limit += int64(foreignGrace)
+		}
+		if now-f.lastSeen > limit || (kept && dropKept) {
 			t.deleteLocked(s, k)
 			continue
 		}

@@ -259,7 +259,7 @@ func TestHandoffHeldPacketsSettled(t *testing.T) {
 	if f, to := h.both(gapUDP, 1012*ms); f != verdictDrop || to != verdictHold {
 		t.Fatalf("second datagram in the gap: old %s, receiver %s", f, to)
 	}
-	theirs, complete := h.from.flows.kept(k, 5*ms, 100)
+	theirs, complete := h.from.flows.kept(k, 5*ms, 1010*ms, 100)
 	if !complete {
 		t.Fatal("kept list incomplete")
 	}
@@ -379,17 +379,17 @@ func TestKeptListCompleteness(t *testing.T) {
 		r.judge(udp(uint16(i), 1), 1)
 	}
 	cutoff := time.Now().UnixNano()
-	if _, complete := r.flows.kept(1, cutoff, 100); !complete {
+	if _, complete := r.flows.kept(1, cutoff, cutoff, 100); !complete {
 		t.Fatal("incomplete with nothing refused")
 	}
-	if _, complete := r.flows.kept(1, 0, 3); complete {
+	if _, complete := r.flows.kept(1, 0, 0, 3); complete {
 		t.Fatal("complete with more flows than the list holds")
 	}
 	// A shard with nothing evictable refuses: adopted flows only.
 	for i := range 4 * flowShards {
 		r.flows.adopt(flowKey{src: addr4(uint32(i)), sport: 1, dport: 80, proto: protoTCP}, 1, false, true, 1)
 	}
-	if _, complete := r.flows.kept(1, cutoff, 1<<20); complete {
+	if _, complete := r.flows.kept(1, cutoff, cutoff, 1<<20); complete {
 		t.Fatal("complete although flows found no room since the cutoff")
 	}
 }
@@ -416,5 +416,106 @@ func TestSettleKeepsListedFlowsNeverSeen(t *testing.T) {
 	r.set(Policy{Serve: 1}, 4)
 	if v := r.judge(quiet, 5); v != verdictAnswer {
 		t.Errorf("the listed flow after the other node let go: %v, want answer", v)
+	}
+}
+
+// A connectionless flow silent through the whole handoff stays with the
+// node that had it: the release lists it, and its idle time starts again
+// on both nodes.
+func TestHandoffKeepsQuietFlows(t *testing.T) {
+	h := handoffRigs{from: newJudgeRig(t, 1024), to: newJudgeRig(t, 1024)}
+	const k = 1
+	h.from.set(Policy{Serve: 1 << (k - 1)}, 0)
+	quiet, active := udp(1000, k), udp(1001, k)
+	h.both(quiet, 1)
+	h.both(active, 1)
+
+	h.from.set(Policy{Serve: 1 << (k - 1), Leaving: 1 << (k - 1)}, 10*ms)
+	h.to.set(Policy{Observe: 1 << (k - 1), Hold: 1 << (k - 1), Guarded: 1 << (k - 1)}, 20*ms)
+	h.both(active, 500*ms)
+	const release = 1010 * ms
+	h.from.set(Policy{Keep: 1 << (k - 1)}, release)
+	theirs, complete := h.from.flows.kept(k, 10*ms, release, 100)
+	if !complete || !slices.Contains(theirs, id(quiet)) || !slices.Contains(theirs, id(active)) {
+		t.Fatalf("release lists %+v (complete %v), want the quiet and the active flow", theirs, complete)
+	}
+	h.to.set(Policy{Serve: 1 << (k - 1), Guarded: 1 << (k - 1)}, release+5*ms)
+	set := map[FlowID]bool{}
+	for _, id := range theirs {
+		set[id] = true
+	}
+	h.to.flows.settle(k, set, release+5*ms)
+	// Almost an idle time after the release (long after the quiet flow's
+	// last packet), it is still the old node's.
+	at := release + int64(flowIdleUDP) - 100*ms
+	h.from.flows.sweep(at, 0, false)
+	h.to.flows.sweep(at, 1<<(k-1), false)
+	for _, f := range []packetFlow{quiet, active} {
+		if old, to := h.both(f, at); old != verdictAnswer || to != verdictDrop {
+			t.Errorf("flow %d after the release: old %s, receiver %s; want it the old node's", f.key.sport, old, to)
+		}
+	}
+}
+
+// At the end of a listed flow's idle time, the old node forgets it first:
+// nobody answers it for at most the grace, then the receiver does, alone.
+// Never both.
+func TestQuietFlowIdleBoundary(t *testing.T) {
+	h := handoffRigs{from: newJudgeRig(t, 1024), to: newJudgeRig(t, 1024)}
+	quiet := udp(1000, 1)
+	h.from.set(Policy{Serve: 1}, 0)
+	h.both(quiet, 1)
+	h.from.set(Policy{Keep: 1}, 1000*ms)
+	theirs, _ := h.from.flows.kept(1, 500*ms, 1000*ms, 100)
+	h.to.set(Policy{Serve: 1, Guarded: 1}, 1005*ms)
+	h.to.flows.settle(1, map[FlowID]bool{theirs[0]: true}, 1005*ms) // the release took 5 ms
+	end := 1000*ms + int64(flowIdleUDP)
+	for _, c := range []struct {
+		after         int64 // past the old node's idle time
+		from, receive verdict
+	}{
+		{100 * ms, verdictDrop, verdictDrop},
+		{int64(foreignGrace) - 100*ms, verdictDrop, verdictDrop},
+		{int64(foreignGrace) + 100*ms, verdictDrop, verdictAnswer},
+	} {
+		at := end + c.after
+		h.from.flows.sweep(at, 0, false)
+		h.to.flows.sweep(at, 1, false)
+		if f, to := h.both(quiet, at); f != c.from || to != c.receive {
+			t.Errorf("%v past the idle time: old %s, receiver %s; want %s, %s", time.Duration(c.after), f, to, c.from, c.receive)
+		}
+	}
+}
+
+// A release lists active flows first, then quiet ones, the most recent
+// first; the quiet ones that do not fit are forgotten, so that their next
+// packet is the receiver's alone.
+func TestKeptListQuietFlowsOverflow(t *testing.T) {
+	r := newJudgeRig(t, 1024)
+	r.set(Policy{Serve: 1}, 0)
+	for i := range 10 {
+		r.judge(udp(uint16(1000+i), 1), int64(i+1)*ms) // quiet: the newest is 1009
+	}
+	r.judge(udp(2000, 1), 600*ms) // active since the cutoff
+	r.set(Policy{Keep: 1}, 1000*ms)
+	ids, complete := r.flows.kept(1, 500*ms, 1000*ms, 4)
+	if !complete {
+		t.Error("incomplete, though only quiet flows did not fit")
+	}
+	var ports []uint16
+	for _, id := range ids {
+		ports = append(ports, id.SPort)
+	}
+	if want := []uint16{2000, 1009, 1008, 1007}; !slices.Equal(ports, want) {
+		t.Fatalf("release lists ports %v, want %v", ports, want)
+	}
+	for i := range 10 {
+		want := verdictDrop
+		if i >= 7 {
+			want = verdictAnswer
+		}
+		if v := r.judge(udp(uint16(1000+i), 1), 1100*ms); v != want {
+			t.Errorf("quiet flow %d after the release: %s, want %s", 1000+i, v, want)
+		}
 	}
 }
