@@ -103,6 +103,15 @@ func (t *tapDevice) configure(vip netip.Addr) error {
 	if err := netlink.LinkSetARPOff(link); err != nil {
 		return fmt.Errorf("tap %s: arp off: %w", t.name, err)
 	}
+	// Nothing is ever sent out through the TAP (nobody reads it), but a
+	// multi-queue TAP has 256 transmit queues, and by default going up
+	// gives each a pfifo_fast ring of txqueuelen entries: 6.6 MB of kernel
+	// memory per cluster, 6.6 GB for a thousand. With no queue length the
+	// kernel attaches noqueue instead, and what the stack might send
+	// there is dropped at once rather than kept in rings nobody drains.
+	if err := netlink.LinkSetTxQLen(link, 0); err != nil {
+		return fmt.Errorf("tap %s: txqueuelen 0: %w", t.name, err)
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("tap %s: up: %w", t.name, err)
 	}

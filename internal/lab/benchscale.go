@@ -36,6 +36,7 @@ type vipScaleResult struct {
 	converge          time.Duration // with peers: from the start until every cluster serves at home
 	ready, status     time.Duration
 	rssMB             float64
+	kernelMB          float64 // unreclaimable kernel memory the start added, per daemon (TAPs, maps, sockets)
 	fds, threads      int
 	idleCPU           float64 // seconds of CPU per second, at rest
 	pathCPUPerMframe  float64 // the sender's CPU per million frames: the kernel's whole path on a veth lab
@@ -44,8 +45,8 @@ type vipScaleResult struct {
 }
 
 // BenchScale measures a daemon with each of counts clusters on one
-// interface: time from start to ready, time for status, RSS, file
-// descriptors, threads and CPU at rest, how long SIGTERM takes, and what a
+// interface: time from start to ready, time for status, RSS, the kernel
+// memory it made the kernel keep, file descriptors, threads and CPU at rest, how long SIGTERM takes, and what a
 // flood of frames to one cluster's MAC costs, frames whose number the other
 // node serves (so that this node's programs judge each and leave it). In a
 // lab of veths the receiving side's kernel work runs in the sender's
@@ -81,18 +82,19 @@ func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts, pee
 		results = append(results, r)
 	}
 	fmt.Fprintf(w, "Many VIPs: one daemon per node, 2 nodes, N IPv4 clusters on eth0 (kernel path), %d frames flooded to one cluster's MAC\n", frames)
-	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %14s %14s %9s %9s\n", "clusters", "ready", "status", "RSS MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop", "converge")
-	fmt.Fprintf(w, "%-10s %9s %9s %9s %6s %8s %10s %13.3fs %14s %9s\n", "none", "", "", "", "", "", "", base.pathCPUPerMframe, "", "")
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %10s %6s %8s %10s %14s %14s %9s %9s\n", "clusters", "ready", "status", "RSS MiB", "kernel MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop", "converge")
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %10s %6s %8s %10s %13.3fs %14s %9s\n", "none", "", "", "", "", "", "", "", base.pathCPUPerMframe, "", "")
 	for _, r := range results {
 		name, converge := strconv.Itoa(r.clusters), ""
 		if r.peers {
 			name, converge = name+" peers", r.converge.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(w, "%-10s %9s %9s %9.1f %6d %8d %9.3fs %13.3fs %13.3fs %9s %9s\n", name,
-			r.ready.Round(time.Millisecond), r.status.Round(time.Millisecond), r.rssMB, r.fds, r.threads,
+		fmt.Fprintf(w, "%-10s %9s %9s %9.1f %10.0f %6d %8d %9.3fs %13.3fs %13.3fs %9s %9s\n", name,
+			r.ready.Round(time.Millisecond), r.status.Round(time.Millisecond), r.rssMB, r.kernelMB, r.fds, r.threads,
 			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond), converge)
 	}
-	fmt.Fprintf(w, "(peers: the same with --peers; converge: from the start until every cluster serves its home number on both nodes)\n")
+	fmt.Fprintf(w, "(peers: the same with --peers; converge: from the start until every cluster serves its home number on both nodes;\n")
+	fmt.Fprintf(w, " kernel MiB: what /proc/meminfo's SUnreclaim grew by from before the start to after ready, per daemon: the host's other work moves it too)\n")
 	return nil
 }
 
@@ -118,6 +120,7 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 		args = []string{"--peers", l.Nodes[0].Addr.String() + "," + l.Nodes[1].Addr.String(), "--gossip-key", key}
 	}
 	if n > 0 {
+		slab0 := unreclaimableKB()
 		start := time.Now()
 		for k, h := range l.Nodes {
 			var cfg strings.Builder
@@ -167,6 +170,7 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 		pid := procs[0].Cmd.Process.Pid
 		time.Sleep(2 * time.Second) // past the start's work
 		r.rssMB = procRSSMB(pid)
+		r.kernelMB = float64(unreclaimableKB()-slab0) / 1024 / float64(len(procs))
 		r.fds = countDir(fmt.Sprintf("/proc/%d/fd", pid))
 		r.threads = countDir(fmt.Sprintf("/proc/%d/task", pid))
 		c0 := procCPU(pid)
@@ -244,6 +248,22 @@ func waitAllHome(ctx context.Context, l *Lab, n int, timeout time.Duration) erro
 
 // scaleHash is the hash of the scale benchmark's clusters.
 var scaleHash = hash.Config{Mode: hash.SourceIP, TotalNodes: 2}
+
+// unreclaimableKB is the kernel's unreclaimable slab memory, in KiB: where
+// network devices, their queues, BPF maps and sockets live.
+func unreclaimableKB() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "SUnreclaim:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
 
 func countDir(path string) int {
 	es, err := os.ReadDir(path)
