@@ -110,6 +110,11 @@ func TestStopLeavesHostAsFound(t *testing.T) {
 			if !strings.Contains(s.links, datapath.TapName(vip)) {
 				t.Errorf("running cluster: no TAP %s in\n%s", datapath.TapName(vip), s.links)
 			}
+			// Its 256 transmit queues, which nothing uses, must not
+			// each get a qdisc and its ring (6.6 MB a TAP).
+			if out, err := l.Run(h, "tc", "qdisc", "show", "dev", datapath.TapName(vip)); err != nil || !strings.HasPrefix(out, "qdisc noqueue") {
+				t.Errorf("running cluster: TAP %s qdiscs: %v\n%s", datapath.TapName(vip), err, out)
+			}
 		}
 		for _, mac := range []string{"01:00:5e:00:02:64", "33:33:00:00:01:00", "33:33:ff:00:01:00"} {
 			if !strings.Contains(s.maddrs, mac) {

@@ -212,10 +212,12 @@ func (d *Daemon) shutdown(ln net.Listener) {
 	if d.ms != nil {
 		// Stop answering, then leave: the others take over at once rather
 		// than after detecting a failure, and never while this node still
-		// answers.
+		// answers. Without flow tracking: the connections are given up
+		// anyway, and reading them from the socket table for each of a
+		// thousand clusters took seconds.
 		d.mu.Lock()
 		for _, c := range d.clusters {
-			c.dp.SetPolicy(datapath.Policy{Track: true})
+			c.dp.SetPolicy(datapath.Policy{})
 		}
 		d.mu.Unlock()
 		if err := d.ms.Leave(); err != nil {

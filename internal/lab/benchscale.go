@@ -38,10 +38,10 @@ type vipScaleResult struct {
 	rssMB             float64
 	kernelMB          float64 // unreclaimable kernel memory the start added, per daemon (TAPs, maps, sockets)
 	fds, threads      int
-	idleCPU           float64 // seconds of CPU per second, at rest
-	pathCPUPerMframe  float64 // the sender's CPU per million frames: the kernel's whole path on a veth lab
-	daemonCPUPerMfram float64 // both daemons' CPU per million frames
-	stop              time.Duration
+	idleCPU           float64       // seconds of CPU per second, at rest
+	pathCPUPerMframe  float64       // the sender's CPU per million frames: the kernel's whole path on a veth lab
+	daemonCPUPerMfram float64       // both daemons' CPU per million frames
+	stop              time.Duration // n1, SIGTERM until it exited
 }
 
 // BenchScale measures a daemon with each of counts clusters on one
@@ -224,6 +224,11 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 			return r, err
 		}
 		r.stop = time.Since(t)
+		// The other node, which took n1's numbers meanwhile, must stop
+		// too, in its own time.
+		if err := procs[1].Stop(syscall.SIGTERM, 5*time.Minute); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }

@@ -426,8 +426,11 @@ func (l *Lab) Close() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if p.Stop(syscall.SIGTERM, 5*time.Second) != nil {
-				err := p.Stop(syscall.SIGKILL, 5*time.Second)
+			// A daemon with a thousand clusters takes seconds to stop,
+			// and as long to die of SIGKILL: the kernel unregisters a
+			// network device per TAP on the way.
+			if p.Stop(syscall.SIGTERM, 30*time.Second) != nil {
+				err := p.Stop(syscall.SIGKILL, 30*time.Second)
 				emu.Lock()
 				errs = append(errs, err)
 				emu.Unlock()
