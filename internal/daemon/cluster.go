@@ -230,10 +230,13 @@ func (c *cluster) startChecks() {
 // reconcile runs one failover step and carries it out: the datapath's new
 // policy first, then the releases (returned for the caller to send: the
 // datapath no longer takes new connections of their numbers, so the
-// receivers may), then the takeovers. Callers hold c.mu.
-func (c *cluster) reconcile(me string, members []membership.Member, now time.Time) (membership.ClusterState, []release) {
+// receivers may), then the takeovers. sockets is the round's reading of
+// the socket table; the numbers whose connections must be read again once
+// the round's policies are all in place are returned in adopt (see
+// datapath.SetPolicyShared). Callers hold c.mu.
+func (c *cluster) reconcile(me string, members []membership.Member, now time.Time, sockets *datapath.SocketReader) (_ membership.ClusterState, _ []release, adopt nodeset.NodeSet) {
 	out := c.fo.step(stepInput{VIP: c.spec.VIP, Total: c.spec.TotalNodes, Me: me, Members: members, Now: now, Flows: c.dp.Flows()})
-	c.dp.SetPolicy(out.Policy)
+	adopt = c.dp.SetPolicyShared(out.Policy, sockets)
 	c.servingChangedLocked()
 	c.handoffs.Add(uint64(len(out.Release)))
 	var releases []release
@@ -269,7 +272,7 @@ func (c *cluster) reconcile(me string, members []membership.Member, now time.Tim
 	for _, e := range out.Events {
 		c.log.Info(e)
 	}
-	return out.State, releases
+	return out.State, releases, adopt
 }
 
 // status describes the cluster; members is the membership view, if any,

@@ -20,6 +20,7 @@ import (
 	"github.com/clusterip/clusterip/internal/buildinfo"
 	"github.com/clusterip/clusterip/internal/datapath"
 	"github.com/clusterip/clusterip/internal/membership"
+	"github.com/clusterip/clusterip/nodeset"
 	"github.com/clusterip/clusterip/procfs"
 )
 
@@ -655,18 +656,35 @@ func (d *Daemon) reconcileAll(ready bool) {
 	now := time.Now()
 	states := make([]membership.ClusterState, 0, len(clusters))
 	var releases []release
+	// One reading of the socket table before the round's first policy
+	// swap, and one after its last, whatever the number of clusters moved.
+	sockets := datapath.NewSocketReader(d.log)
+	type adoption struct {
+		c       *cluster
+		numbers nodeset.NodeSet
+	}
+	var again []adoption
 	for _, c := range clusters {
 		c.mu.Lock()
 		switch {
 		case c.dp.Closed():
 		case ready:
-			st, r := c.reconcile(me, members, now)
+			st, r, adopt := c.reconcile(me, members, now, sockets)
 			states = append(states, st)
 			releases = append(releases, r...)
+			if adopt != 0 {
+				again = append(again, adoption{c, adopt})
+			}
 		default:
 			states = append(states, c.fo.localState(c.spec.VIP))
 		}
 		c.mu.Unlock()
+	}
+	if len(again) > 0 {
+		after := datapath.ReadSocketTable(d.log)
+		for _, a := range again {
+			a.c.dp.AdoptAfter(after, a.numbers)
+		}
 	}
 	// The datapaths stopped serving what they release: the messages may
 	// go before the gossip, which they should beat (the receiver waits a

@@ -329,6 +329,19 @@ func (d *Datapath) SetNodes(s nodeset.NodeSet) { d.SetPolicy(Policy{Serve: s}) }
 // program), so a number moves between the two paths at one instant, with
 // no packet lost or answered twice.
 func (d *Datapath) SetPolicy(p Policy) {
+	if again := d.SetPolicyShared(p, NewSocketReader(d.log)); again != 0 {
+		d.AdoptAfter(ReadSocketTable(d.log), again)
+	}
+}
+
+// SetPolicyShared is SetPolicy for a round that moves many clusters: the
+// connections it must know before the swap come from before, one reading
+// for the round, and it returns the numbers whose connections must be read
+// again after the swap (those opened in between). Pass them to AdoptAfter
+// with a reading taken after the round's last swap; until then, a packet
+// of such a connection that the kernel path no longer takes is judged as
+// one of a connection never seen.
+func (d *Datapath) SetPolicyShared(p Policy, before *SocketReader) (again nodeset.NodeSet) {
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
 	now := time.Now().UnixNano()
@@ -348,7 +361,7 @@ func (d *Datapath) SetPolicy(p Policy) {
 	leaving, entering := inKernel&^toKernel, toKernel&^inKernel
 	adopt := leaving | (p.Leaving &^ prev.Leaving)
 	if p.Track && adopt != 0 {
-		d.adoptConnections(adopt, now)
+		d.adoptConnections(before.Table(), adopt, now)
 	}
 	old, want := d.filtered, p.pass()
 	if want&^old != 0 {
@@ -361,10 +374,6 @@ func (d *Datapath) SetPolicy(p Policy) {
 	if old|want != want {
 		d.setFilters(want)
 	}
-	if p.Track && adopt != 0 {
-		// Connections opened between the first reading and the swap.
-		d.adoptConnections(adopt, time.Now().UnixNano())
-	}
 	if entering != 0 {
 		// User space sees no more of their TCP packets: flows it tracked
 		// would only go stale. adoptConnections reads them back if needed.
@@ -372,6 +381,19 @@ func (d *Datapath) SetPolicy(p Policy) {
 	}
 	// A handoff to this node that ended without it taking the number.
 	d.flows.dropHeld(prev.Hold &^ p.Hold &^ p.Serve)
+	if p.Track {
+		return adopt
+	}
+	return 0
+}
+
+// AdoptAfter enters the connections of numbers in t, a reading of the
+// socket table taken after SetPolicyShared swapped the policy that
+// returned them: those opened between the first reading and the swap.
+func (d *Datapath) AdoptAfter(t *SocketTable, numbers nodeset.NodeSet) {
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	d.adoptConnections(t, numbers, time.Now().UnixNano())
 }
 
 func (d *Datapath) setFilters(pass nodeset.NodeSet) {

@@ -34,6 +34,7 @@ type vipScaleResult struct {
 	clusters          int
 	peers             bool          // the daemons run with --peers
 	converge          time.Duration // with peers: from the start until every cluster serves at home
+	rejoin            time.Duration // with peers: from n2's restart after a kill -9 until every cluster serves at home again
 	ready, status     time.Duration
 	rssMB             float64
 	kernelMB          float64 // unreclaimable kernel memory the start added, per daemon (TAPs, maps, sockets)
@@ -82,18 +83,19 @@ func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts, pee
 		results = append(results, r)
 	}
 	fmt.Fprintf(w, "Many VIPs: one daemon per node, 2 nodes, N IPv4 clusters on eth0 (kernel path), %d frames flooded to one cluster's MAC\n", frames)
-	fmt.Fprintf(w, "%-10s %9s %9s %9s %10s %6s %8s %10s %14s %14s %9s %9s\n", "clusters", "ready", "status", "RSS MiB", "kernel MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop", "converge")
+	fmt.Fprintf(w, "%-10s %9s %9s %9s %10s %6s %8s %10s %14s %14s %9s %9s %9s\n", "clusters", "ready", "status", "RSS MiB", "kernel MiB", "fds", "threads", "idle CPU", "path CPU/Mfr", "daemons/Mfr", "stop", "converge", "rejoin")
 	fmt.Fprintf(w, "%-10s %9s %9s %9s %10s %6s %8s %10s %13.3fs %14s %9s\n", "none", "", "", "", "", "", "", "", base.pathCPUPerMframe, "", "")
 	for _, r := range results {
-		name, converge := strconv.Itoa(r.clusters), ""
+		name, converge, rejoin := strconv.Itoa(r.clusters), "", ""
 		if r.peers {
-			name, converge = name+" peers", r.converge.Round(time.Millisecond).String()
+			name, converge, rejoin = name+" peers", r.converge.Round(time.Millisecond).String(), r.rejoin.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(w, "%-10s %9s %9s %9.1f %10.0f %6d %8d %9.3fs %13.3fs %13.3fs %9s %9s\n", name,
+		fmt.Fprintf(w, "%-10s %9s %9s %9.1f %10.0f %6d %8d %9.3fs %13.3fs %13.3fs %9s %9s %9s\n", name,
 			r.ready.Round(time.Millisecond), r.status.Round(time.Millisecond), r.rssMB, r.kernelMB, r.fds, r.threads,
-			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond), converge)
+			r.idleCPU, r.pathCPUPerMframe, r.daemonCPUPerMfram, r.stop.Round(time.Millisecond), converge, rejoin)
 	}
 	fmt.Fprintf(w, "(peers: the same with --peers; converge: from the start until every cluster serves its home number on both nodes;\n")
+	fmt.Fprintf(w, " rejoin: n2 killed, and once n1 serves both numbers of every cluster, started again: until every cluster is at home again;\n")
 	fmt.Fprintf(w, " kernel MiB: what /proc/meminfo's SUnreclaim grew by from before the start to after ready, per daemon: the host's other work moves it too)\n")
 	return nil
 }
@@ -166,6 +168,9 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 				return r, err
 			}
 			r.converge = time.Since(start)
+			if r.rejoin, err = benchRejoin(ctx, l, procs, n, args); err != nil {
+				return r, err
+			}
 		}
 		pid := procs[0].Cmd.Process.Pid
 		time.Sleep(2 * time.Second) // past the start's work
@@ -231,6 +236,41 @@ func benchScaleOne(ctx context.Context, clusterctl, tool string, n, frames int, 
 		}
 	}
 	return r, nil
+}
+
+// benchRejoin kills n2's daemon, waits until n1 serves both numbers of
+// every cluster, starts n2's daemon again (procs[1] becomes the new one),
+// and returns the time from that start until every cluster is back at
+// home on both nodes: n1 hands number 2 of every cluster back at once.
+func benchRejoin(ctx context.Context, l *Lab, procs []*Proc, n int, args []string) (time.Duration, error) {
+	if err := procs[1].Stop(syscall.SIGKILL, 5*time.Minute); err != nil {
+		return 0, err
+	}
+	err := waitStatus(ctx, l, l.Nodes[:1], 5*time.Minute, 200*time.Millisecond, func(_ int, st daemon.Status) string {
+		bad := n - len(st.Clusters)
+		for _, c := range st.Clusters {
+			if len(c.Serving) != 2 {
+				bad++
+			}
+		}
+		if bad != 0 {
+			return fmt.Sprintf("%d clusters of %d not taken over", bad, n)
+		}
+		return ""
+	})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	p, err := l.StartDaemon(l.Nodes[1], append([]string{"--config", filepath.Join(l.Dir, l.Nodes[1].Name+".conf")}, args...)...)
+	if err != nil {
+		return 0, err
+	}
+	procs[1] = p
+	if err := waitAllHome(ctx, l, n, 5*time.Minute); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
 }
 
 // waitAllHome waits until both nodes' n clusters each serve exactly the
