@@ -485,6 +485,18 @@ func (d *Datapath) KeptFlows(node int, cutoff time.Time) (ids []FlowID, complete
 	return d.flows.kept(uint8(node), cutoff.UnixNano(), time.Now().UnixNano(), maxReleaseFlows)
 }
 
+// flowSet is ids as a set; nil (no complete list) stays nil.
+func flowSet(ids []FlowID) map[FlowID]bool {
+	if ids == nil {
+		return nil
+	}
+	set := make(map[FlowID]bool, len(ids))
+	for _, id := range ids {
+		set[id] = true
+	}
+	return set
+}
+
 // TakeOver ends the handoff of number node to this node, which must serve
 // it already: the packets it held for connections that the node giving the
 // number up did not answer (those not in theirs, its kept flows) are
@@ -492,14 +504,7 @@ func (d *Datapath) KeptFlows(node int, cutoff time.Time) (ids []FlowID, complete
 // complete release), the held packets are dropped: the clients retransmit.
 // It returns how many packets it answered.
 func (d *Datapath) TakeOver(node int, theirs []FlowID) int {
-	var set map[FlowID]bool
-	if theirs != nil {
-		set = make(map[FlowID]bool, len(theirs))
-		for _, id := range theirs {
-			set[id] = true
-		}
-	}
-	answer := d.flows.settle(uint8(node), set, time.Now().UnixNano())
+	answer := d.flows.settle(uint8(node), flowSet(theirs), time.Now().UnixNano())
 	for _, b := range answer {
 		d.deliverLate(b)
 	}

@@ -155,6 +155,16 @@ func idleTimeout(f flow, proto uint8) int64 {
 	return int64(flowIdleOther)
 }
 
+// forgetAfter is how long f may stay idle before this node forgets it: its
+// idle timeout, and for another node's flow foreignGrace more, so that its
+// owner has forgotten it first.
+func forgetAfter(f flow, proto uint8) int64 {
+	if f.foreign {
+		return idleTimeout(f, proto) + int64(foreignGrace)
+	}
+	return idleTimeout(f, proto)
+}
+
 // judge is the ownership decision for a packet of a tracked cluster (see
 // Datapath.accept for the rules), made and recorded under the flow's shard
 // lock. The policy is loaded under that lock too: whoever reads the table
@@ -168,18 +178,15 @@ func (t *flowTable) judge(f packetFlow, policy *atomic.Pointer[Policy], servingS
 	pol := policy.Load()
 	observe, hold := pol.Observe.Contains(f.node), pol.Hold.Contains(f.node)
 	e, ok := s.m[f.key]
-	if ok {
-		switch idle, limit := now-e.lastSeen, idleTimeout(e, f.key.proto); {
-		case idle <= limit:
-		case e.foreign && idle <= limit+int64(foreignGrace):
-			// Its owner forgets it about now: nobody answers it until
-			// this node has forgotten it too.
+	if idle := now - e.lastSeen; ok && idle > idleTimeout(e, f.key.proto) {
+		if idle <= forgetAfter(e, f.key.proto) {
+			// Another node's flow, which its owner forgets about now:
+			// nobody answers it until this node has forgotten it too.
 			return verdictDrop
-		default:
-			// Forgotten, as the next sweep would: judged afresh.
-			t.deleteLocked(s, f.key)
-			ok = false
 		}
+		// Forgotten, as the next sweep would: judged afresh.
+		t.deleteLocked(s, f.key)
+		ok = false
 	}
 	if ok {
 		e.lastSeen = now
@@ -504,11 +511,7 @@ func (t *flowTable) sweep(now int64, serve nodeset.NodeSet, dropKept bool) flowC
 func (t *flowTable) sweepLocked(s *flowShard, now int64, serve nodeset.NodeSet, dropKept bool, c *flowCounts) {
 	for k, f := range s.m {
 		kept := !f.foreign && !serve.Contains(int(f.node))
-		limit := idleTimeout(f, k.proto)
-		if f.foreign {
-			limit += int64(foreignGrace)
-		}
-		if now-f.lastSeen > limit || (kept && dropKept) {
+		if now-f.lastSeen > forgetAfter(f, k.proto) || (kept && dropKept) {
 			t.deleteLocked(s, k)
 			continue
 		}

@@ -276,11 +276,7 @@ func TestHandoffHeldPacketsSettled(t *testing.T) {
 	// The receiver takes the number: it answers the gap's held packets,
 	// all three, and nothing the old owner answered.
 	h.to.set(Policy{Serve: 1 << (k - 1), Guarded: 1 << (k - 1)}, 1015*ms)
-	set := map[FlowID]bool{}
-	for _, id := range theirs {
-		set[id] = true
-	}
-	answered := h.to.flows.settle(k, set, 1015*ms)
+	answered := h.to.flows.settle(k, flowSet(theirs), 1015*ms)
 	want := []string{fmt.Sprintf("frame %v", gapSYN.key), fmt.Sprintf("frame %v", gapUDP.key), fmt.Sprintf("frame %v", gapUDP.key)}
 	var got []string
 	for _, b := range answered {
@@ -440,11 +436,7 @@ func TestHandoffKeepsQuietFlows(t *testing.T) {
 		t.Fatalf("release lists %+v (complete %v), want the quiet and the active flow", theirs, complete)
 	}
 	h.to.set(Policy{Serve: 1 << (k - 1), Guarded: 1 << (k - 1)}, release+5*ms)
-	set := map[FlowID]bool{}
-	for _, id := range theirs {
-		set[id] = true
-	}
-	h.to.flows.settle(k, set, release+5*ms)
+	h.to.flows.settle(k, flowSet(theirs), release+5*ms)
 	// Almost an idle time after the release (long after the quiet flow's
 	// last packet), it is still the old node's.
 	at := release + int64(flowIdleUDP) - 100*ms
@@ -468,7 +460,7 @@ func TestQuietFlowIdleBoundary(t *testing.T) {
 	h.from.set(Policy{Keep: 1}, 1000*ms)
 	theirs, _ := h.from.flows.kept(1, 500*ms, 1000*ms, 100)
 	h.to.set(Policy{Serve: 1, Guarded: 1}, 1005*ms)
-	h.to.flows.settle(1, map[FlowID]bool{theirs[0]: true}, 1005*ms) // the release took 5 ms
+	h.to.flows.settle(1, flowSet(theirs), 1005*ms) // the release took 5 ms
 	end := 1000*ms + int64(flowIdleUDP)
 	for _, c := range []struct {
 		after         int64 // past the old node's idle time

@@ -47,14 +47,15 @@ type vipScaleResult struct {
 
 // BenchScale measures a daemon with each of counts clusters on one
 // interface: time from start to ready, time for status, RSS, the kernel
-// memory it made the kernel keep, file descriptors, threads and CPU at rest, how long SIGTERM takes, and what a
-// flood of frames to one cluster's MAC costs, frames whose number the other
-// node serves (so that this node's programs judge each and leave it). In a
+// memory it made the kernel keep, file descriptors, threads and CPU at
+// rest, how long SIGTERM takes, and what a flood of frames to one
+// cluster's MAC costs, frames whose number the other node serves (so that
+// this node's programs judge each and leave it). In a
 // lab of veths the receiving side's kernel work runs in the sender's
 // context, so the sender's CPU time is the whole path's; its growth with
 // the number of clusters is the per-frame cost of having them. The counts
 // in peerCounts are measured again with --peers, with the time until every
-// cluster serves at home on both nodes.
+// cluster serves at home on both nodes, and after a rejoin.
 func BenchScale(ctx context.Context, w io.Writer, clusterctl string, counts, peerCounts []int, frames int) error {
 	if len(counts)+len(peerCounts) == 0 {
 		return nil
@@ -246,17 +247,8 @@ func benchRejoin(ctx context.Context, l *Lab, procs []*Proc, n int, args []strin
 	if err := procs[1].Stop(syscall.SIGKILL, 5*time.Minute); err != nil {
 		return 0, err
 	}
-	err := waitStatus(ctx, l, l.Nodes[:1], 5*time.Minute, 200*time.Millisecond, func(_ int, st daemon.Status) string {
-		bad := n - len(st.Clusters)
-		for _, c := range st.Clusters {
-			if len(c.Serving) != 2 {
-				bad++
-			}
-		}
-		if bad != 0 {
-			return fmt.Sprintf("%d clusters of %d not taken over", bad, n)
-		}
-		return ""
+	err := waitClusters(ctx, l, l.Nodes[:1], n, 5*time.Minute, "taken over", func(_ int, c daemon.ClusterStatus) bool {
+		return len(c.Serving) == 2
 	})
 	if err != nil {
 		return 0, err
@@ -276,16 +268,25 @@ func benchRejoin(ctx context.Context, l *Lab, procs []*Proc, n int, args []strin
 // waitAllHome waits until both nodes' n clusters each serve exactly the
 // node's own number.
 func waitAllHome(ctx context.Context, l *Lab, n int, timeout time.Duration) error {
+	return waitClusters(ctx, l, l.Nodes, n, timeout, "at home", func(k int, c daemon.ClusterStatus) bool {
+		return len(c.Serving) == 1 && c.Serving[0] == k+1
+	})
+}
+
+// waitClusters waits until each of nodes has n clusters, every one of
+// which is as ok says (k: the node's index in nodes); what names that
+// state in the error.
+func waitClusters(ctx context.Context, l *Lab, nodes []*Host, n int, timeout time.Duration, what string, ok func(k int, c daemon.ClusterStatus) bool) error {
 	// Each look is a status of every cluster.
-	return waitStatus(ctx, l, l.Nodes, timeout, 500*time.Millisecond, func(k int, st daemon.Status) string {
+	return waitStatus(ctx, l, nodes, timeout, 500*time.Millisecond, func(k int, st daemon.Status) string {
 		bad := n - len(st.Clusters)
 		for _, c := range st.Clusters {
-			if len(c.Serving) != 1 || c.Serving[0] != k+1 {
+			if !ok(k, c) {
 				bad++
 			}
 		}
 		if bad != 0 {
-			return fmt.Sprintf("%d clusters of %d not at home", bad, n)
+			return fmt.Sprintf("%d clusters of %d not %s", bad, n, what)
 		}
 		return ""
 	})
